@@ -1,4 +1,4 @@
-"""Shared test helpers: CI strictness for tests that need an external binary."""
+"""Helpers shared by the test suites (importable as `mili_testing`: pytest puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
