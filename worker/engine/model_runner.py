@@ -1,0 +1,184 @@
+"""Tensors: load the model, own the paged KV cache, turn a scheduled batch into one forward pass."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import torch
+
+from mili.kernels import select_backend
+from mili.worker.config import EngineConfig
+from mili.worker.engine.context import AttentionContext, set_context
+from mili.worker.engine.sampler import Sampler, SampleResult
+from mili.worker.engine.scheduler import ScheduledBatch, ScheduledSequence
+from mili.worker.models.loader import load_model
+from mili.worker.models.model_config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # CPU matmuls in half precision are slow and inexact here; GPUs run the checkpoint's dtype.
+        if device.type == "cpu":
+            return torch.float32
+        return model_config.torch_dtype if model_config.torch_dtype != torch.float32 else torch.bfloat16
+    return getattr(torch, name)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_dir: Path, model_config: ModelConfig) -> None:
+        self.config = config
+        self.model_config = model_config
+        self.block_size = config.block_size
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, model_config, self.device)
+        self.backend = select_backend(config.kernels, self.device)
+        self.model = load_model(model_dir, model_config, self.backend, self.dtype, self.device)
+        self.num_blocks = self._size_kv_pool()
+        self.kv_cache = self._allocate_kv_cache()
+        self.sampler = Sampler(config.seed)
+
+    # --- KV cache ---------------------------------------------------------------------------------
+    @property
+    def bytes_per_block(self) -> int:
+        mc = self.model_config
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * mc.num_layers * self.block_size * mc.num_kv_heads * mc.head_dim * element
+
+    def _size_kv_pool(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        if self.device.type == "cuda":
+            budget = self._gpu_kv_budget()
+        else:
+            budget = self.config.cpu_kv_cache_bytes
+        num_blocks = budget // self.bytes_per_block
+        if num_blocks < 1:
+            raise RuntimeError(f"no memory left for the KV cache (budget {budget} bytes)")
+        return int(num_blocks)
+
+    def _gpu_kv_budget(self) -> int:
+        """Free memory × utilization after a warm-up pass at the full token budget has set the peak."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        num_tokens = min(self.config.max_num_batched_tokens, self.model_config.max_position_embeddings)
+        warmup_blocks = -(-num_tokens // self.block_size)
+        self._bind_kv_cache(self._new_kv_tensor(warmup_blocks))
+        self.warm_up(num_tokens)
+        self._bind_kv_cache(None)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        _, total = torch.cuda.mem_get_info(self.device)
+        return int(total * self.config.gpu_memory_utilization) - peak
+
+    def _new_kv_tensor(self, num_blocks: int) -> torch.Tensor:
+        mc = self.model_config
+        shape = (2, mc.num_layers, num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def _allocate_kv_cache(self) -> torch.Tensor:
+        kv_cache = self._new_kv_tensor(self.num_blocks)
+        self._bind_kv_cache(kv_cache)
+        logger.info(
+            "KV pool: %d blocks × %d tokens = %d tokens, %.1f MiB (%s on %s)",
+            self.num_blocks, self.block_size, self.num_blocks * self.block_size,
+            kv_cache.numel() * kv_cache.element_size() / 2**20, self.dtype, self.device,
+        )
+        return kv_cache
+
+    def _bind_kv_cache(self, kv_cache: torch.Tensor | None) -> None:
+        for i, layer in enumerate(self.model.model.layers):
+            attn = layer.self_attn
+            attn.k_cache = kv_cache[0, i] if kv_cache is not None else torch.empty(0)
+            attn.v_cache = kv_cache[1, i] if kv_cache is not None else torch.empty(0)
+
+    @torch.inference_mode()
+    def warm_up(self, num_tokens: int) -> None:
+        """One prefill of ``num_tokens`` dummy tokens through blocks 0.. (their contents are scratch)."""
+        num_blocks = -(-num_tokens // self.block_size)
+        table = torch.arange(num_blocks, dtype=torch.int32, device=self.device).unsqueeze(0)
+        positions = torch.arange(num_tokens, device=self.device)
+        set_context(
+            AttentionContext(
+                slot_mapping=positions,
+                num_decode_tokens=0,
+                prefill_cu_seqlens_q=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
+                prefill_context_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
+                prefill_block_tables=table,
+            )
+        )
+        try:
+            hidden = self.model(torch.zeros(num_tokens, dtype=torch.long, device=self.device), positions)
+            self.model.compute_logits(hidden[-1:])
+        finally:
+            set_context(None)
+
+    # --- one step ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch, eos_token_ids: list[int]) -> list[SampleResult]:
+        """Forward the batch; returns one sample per entry whose ``samples`` is set, in batch order."""
+        input_ids, positions, context, logits_rows = self._prepare(batch)
+        set_context(context)
+        try:
+            hidden = self.model(input_ids, positions)
+            logits = self.model.compute_logits(hidden[logits_rows])
+        finally:
+            set_context(None)
+        seqs = [entry.seq for entry in batch.entries if entry.samples]
+        return self.sampler(logits, seqs, eos_token_ids)
+
+    def _prepare(
+        self, batch: ScheduledBatch
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionContext, torch.Tensor]:
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_rows: list[int] = []
+        for entry in batch.entries:
+            seq, start = entry.seq, entry.seq.num_computed_tokens
+            end = start + entry.num_tokens
+            token_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table, size = seq.block_table, self.block_size
+            slots.extend(table[p // size] * size + p % size for p in range(start, end))
+            if entry.samples:
+                logits_rows.append(len(token_ids) - 1)
+        device = self.device
+        context = AttentionContext(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+            num_decode_tokens=len(batch.decodes),
+        )
+        if batch.decodes:
+            context.decode_block_tables = self._block_tables(batch.decodes)
+            context.decode_context_lens = self._int32([e.seq.num_computed_tokens + 1 for e in batch.decodes])
+        if batch.prefills:
+            lengths = [e.num_tokens for e in batch.prefills]
+            context.prefill_cu_seqlens_q = self._int32([0, *itertools.accumulate(lengths)])
+            context.prefill_context_lens = self._int32([e.seq.num_computed_tokens + e.num_tokens for e in batch.prefills])
+            context.prefill_block_tables = self._block_tables(batch.prefills)
+        return (
+            torch.tensor(token_ids, dtype=torch.long, device=device),
+            torch.tensor(positions, dtype=torch.long, device=device),
+            context,
+            torch.tensor(logits_rows, dtype=torch.long, device=device),
+        )
+
+    def _block_tables(self, entries: list[ScheduledSequence]) -> torch.Tensor:
+        width = max(len(e.seq.block_table) for e in entries)
+        rows = [e.seq.block_table + [-1] * (width - len(e.seq.block_table)) for e in entries]
+        return torch.tensor(rows, dtype=torch.int32, device=self.device)
+
+    def _int32(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int32, device=self.device)
+
