@@ -46,8 +46,7 @@ class LLMEngine:
         self.max_model_len = self._max_model_len()
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.eos_token_ids = sorted(set(self.tokenizer.eos_token_ids) | set(self.model_config.eos_token_ids))
-        self._eos_set = set(self.eos_token_ids)
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.model_config.eos_token_ids)
         self.requests: dict[str, Request] = {}
 
     def _max_model_len(self) -> int:
@@ -139,7 +138,7 @@ class LLMEngine:
         touched: dict[str, Request] = {}
         for seq, sample in zip(sampled, samples, strict=True):
             request = self.requests[seq.request_id]
-            request.append_token(seq, sample.token_id, sample.logprobs, self._eos_set, self.max_model_len)
+            request.append_token(seq, sample.token_id, sample.logprobs, self.eos_token_ids, self.max_model_len)
             if seq.finish_reason is not None:
                 self._finish(seq)
             touched[seq.request_id] = request

@@ -126,7 +126,7 @@ class ModelRunner:
 
     # --- one step ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, eos_token_ids: list[int]) -> list[SampleResult]:
+    def run(self, batch: ScheduledBatch, eos_token_ids: frozenset[int]) -> list[SampleResult]:
         """Forward the batch; returns one sample per entry whose ``samples`` is set, in batch order."""
         input_ids, positions, context, logits_rows = self._prepare(batch)
         set_context(context)

@@ -81,7 +81,7 @@ class Request:
         return all(sample.seq.is_finished for sample in self.samples)
 
     def append_token(
-        self, seq: Sequence, token_id: int, logprobs: TokenLogprobs | None, eos_token_ids: set[int], max_model_len: int
+        self, seq: Sequence, token_id: int, logprobs: TokenLogprobs | None, eos_token_ids: frozenset[int], max_model_len: int
     ) -> None:
         """Take a sampled token: extend text, decide whether the sequence is done (sets finish_reason)."""
         now = time.monotonic()

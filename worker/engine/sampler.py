@@ -29,7 +29,7 @@ class Sampler:
         """Drop the per-sequence generator of a finished sequence."""
         self._seeded.pop(seq.seq_id, None)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]) -> list[SampleResult]:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[int]) -> list[SampleResult]:
         logits = logits.float().cpu()
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(s.params.logprobs is not None for s in seqs) else None
         logits = logits.clone()
