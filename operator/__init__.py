@@ -1,1 +1,1 @@
-"""MILI."""
+"""MILI operator: MiliDeployment -> worker Deployment + Service, with status, validation and Events (Kopf)."""

@@ -46,7 +46,9 @@ class LLMEngine:
         self.max_model_len = self._max_model_len()
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.model_config.eos_token_ids)
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(
+            self.model_config.eos_token_ids
+        )
         self.requests: dict[str, Request] = {}
 
     def _max_model_len(self) -> int:
@@ -59,7 +61,9 @@ class LLMEngine:
                 logger.info("max_model_len capped at %d tokens: what the KV pool holds", limit)
             return limit
         if asked > model_limit:
-            raise ValueError(f"max_model_len {asked} exceeds the model's max_position_embeddings {model_limit}")
+            raise ValueError(
+                f"max_model_len {asked} exceeds the model's max_position_embeddings {model_limit}"
+            )
         if asked > pool_limit:
             raise ValueError(
                 f"max_model_len {asked} exceeds what the KV pool holds ({pool_limit} tokens): "
@@ -138,7 +142,9 @@ class LLMEngine:
         touched: dict[str, Request] = {}
         for seq, sample in zip(sampled, samples, strict=True):
             request = self.requests[seq.request_id]
-            request.append_token(seq, sample.token_id, sample.logprobs, self.eos_token_ids, self.max_model_len)
+            request.append_token(
+                seq, sample.token_id, sample.logprobs, self.eos_token_ids, self.max_model_len
+            )
             if seq.finish_reason is not None:
                 self._finish(seq)
             touched[seq.request_id] = request
@@ -166,4 +172,3 @@ class LLMEngine:
             prefix_queried_tokens=stats.queried_tokens,
             prefix_hit_tokens=stats.hit_tokens,
         )
-

@@ -59,10 +59,8 @@ class ModelRunner:
     def _size_kv_pool(self) -> int:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
-        if self.device.type == "cuda":
-            budget = self._gpu_kv_budget()
-        else:
-            budget = self.config.cpu_kv_cache_bytes
+        on_gpu = self.device.type == "cuda"
+        budget = self._gpu_kv_budget() if on_gpu else self.config.cpu_kv_cache_bytes
         num_blocks = budget // self.bytes_per_block
         if num_blocks < 1:
             raise RuntimeError(f"no memory left for the KV cache (budget {budget} bytes)")
@@ -92,8 +90,12 @@ class ModelRunner:
         self._bind_kv_cache(kv_cache)
         logger.info(
             "KV pool: %d blocks × %d tokens = %d tokens, %.1f MiB (%s on %s)",
-            self.num_blocks, self.block_size, self.num_blocks * self.block_size,
-            kv_cache.numel() * kv_cache.element_size() / 2**20, self.dtype, self.device,
+            self.num_blocks,
+            self.block_size,
+            self.num_blocks * self.block_size,
+            kv_cache.numel() * kv_cache.element_size() / 2**20,
+            self.dtype,
+            self.device,
         )
         return kv_cache
 
@@ -165,7 +167,9 @@ class ModelRunner:
         if batch.prefills:
             lengths = [e.num_tokens for e in batch.prefills]
             context.prefill_cu_seqlens_q = self._int32([0, *itertools.accumulate(lengths)])
-            context.prefill_context_lens = self._int32([e.seq.num_computed_tokens + e.num_tokens for e in batch.prefills])
+            context.prefill_context_lens = self._int32(
+                [e.seq.num_computed_tokens + e.num_tokens for e in batch.prefills]
+            )
             context.prefill_block_tables = self._block_tables(batch.prefills)
         return (
             torch.tensor(token_ids, dtype=torch.long, device=device),
@@ -181,4 +185,3 @@ class ModelRunner:
 
     def _int32(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32, device=self.device)
-

@@ -46,7 +46,7 @@ class RadixCache:
         return block_id in self._node_of_block
 
     def match(self, token_ids: Sequence[int], max_blocks: int) -> list[RadixNode]:
-        """The longest chain of cached blocks that spells a prefix of ``token_ids`` (at most ``max_blocks``)."""
+        """Longest chain of cached blocks spelling a prefix of ``token_ids`` (at most ``max_blocks``)."""
         node, chain = self.root, []
         now = next(self._clock)
         for i in range(max_blocks):

@@ -66,7 +66,9 @@ class Request:
     def __post_init__(self) -> None:
         self.metrics = RequestMetrics(arrival_time=self.arrival_time)
         for index in range(self.params.n):
-            seq = Sequence(self.request_id, index, list(self.prompt_token_ids), self.params, self.arrival_time)
+            seq = Sequence(
+                self.request_id, index, list(self.prompt_token_ids), self.params, self.arrival_time
+            )
             detokenizer = IncrementalDetokenizer(
                 self.tokenizer, self.prompt_token_ids, skip_special_tokens=self.params.skip_special_tokens
             )
@@ -81,7 +83,12 @@ class Request:
         return all(sample.seq.is_finished for sample in self.samples)
 
     def append_token(
-        self, seq: Sequence, token_id: int, logprobs: TokenLogprobs | None, eos_token_ids: frozenset[int], max_model_len: int
+        self,
+        seq: Sequence,
+        token_id: int,
+        logprobs: TokenLogprobs | None,
+        eos_token_ids: frozenset[int],
+        max_model_len: int,
     ) -> None:
         """Take a sampled token: extend text, decide whether the sequence is done (sets finish_reason)."""
         now = time.monotonic()
@@ -94,7 +101,9 @@ class Request:
         if logprobs is not None:
             seq.logprobs.append(logprobs)
         past_min = seq.num_output_tokens >= params.min_tokens
-        if past_min and ((token_id in eos_token_ids and not params.ignore_eos) or token_id in params.stop_token_ids):
+        if past_min and (
+            (token_id in eos_token_ids and not params.ignore_eos) or token_id in params.stop_token_ids
+        ):
             seq.finish_reason = "stop"
             seq.stop_reason = None if token_id in eos_token_ids else token_id
             return
@@ -107,7 +116,9 @@ class Request:
                 sample.text = sample.text[: index + (len(stop) if params.include_stop_str_in_output else 0)]
                 seq.finish_reason, seq.stop_reason = "stop", stop
                 return
-        if (params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens) or len(seq) >= max_model_len:
+        if (params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens) or len(
+            seq
+        ) >= max_model_len:
             seq.finish_reason = "length"
 
     def output(self) -> RequestOutput:

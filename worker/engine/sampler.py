@@ -29,9 +29,13 @@ class Sampler:
         """Drop the per-sequence generator of a finished sequence."""
         self._seeded.pop(seq.seq_id, None)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[int]) -> list[SampleResult]:
+    def __call__(
+        self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[int]
+    ) -> list[SampleResult]:
         logits = logits.float().cpu()
-        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(s.params.logprobs is not None for s in seqs) else None
+        raw_logprobs = (
+            torch.log_softmax(logits, dim=-1) if any(s.params.logprobs is not None for s in seqs) else None
+        )
         logits = logits.clone()
         for row, seq in enumerate(seqs):
             apply_penalties(logits[row], seq)
@@ -89,7 +93,9 @@ def apply_penalties(logits: torch.Tensor, seq: Sequence) -> None:
             values > 0, values / params.repetition_penalty, values * params.repetition_penalty
         )
     if (params.presence_penalty or params.frequency_penalty) and seq.num_output_tokens:
-        counts = torch.bincount(torch.tensor(seq.output_token_ids), minlength=logits.shape[0])[: logits.shape[0]]
+        counts = torch.bincount(torch.tensor(seq.output_token_ids), minlength=logits.shape[0])[
+            : logits.shape[0]
+        ]
         logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
 
 

@@ -6,6 +6,8 @@ described by the per-step `AttentionContext`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -55,7 +57,9 @@ class Attention(nn.Module):
         self.scale = self.head_dim**-0.5
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = PackedLinear(config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, config.qkv_bias)
+        self.qkv_proj = PackedLinear(
+            config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, config.qkv_bias
+        )
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, backend) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, backend) if config.qk_norm else None
@@ -63,11 +67,17 @@ class Attention(nn.Module):
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, cos_sin_cache: torch.Tensor
+    ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split(
-            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
+            [
+                self.num_heads * self.head_dim,
+                self.num_kv_heads * self.head_dim,
+                self.num_kv_heads * self.head_dim,
+            ],
             dim=-1,
         )
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
@@ -89,15 +99,24 @@ class Attention(nn.Module):
         if num_decode:
             parts.append(
                 self.backend.decode_attention(
-                    q[:num_decode], self.k_cache, self.v_cache, ctx.decode_block_tables, ctx.decode_context_lens,
+                    q[:num_decode],
+                    self.k_cache,
+                    self.v_cache,
+                    ctx.decode_block_tables,
+                    ctx.decode_context_lens,
                     self.scale,
                 )
             )
         if num_decode < q.shape[0]:
             parts.append(
                 self.backend.prefill_attention(
-                    q[num_decode:], self.k_cache, self.v_cache, ctx.prefill_cu_seqlens_q, ctx.prefill_context_lens,
-                    ctx.prefill_block_tables, self.scale,
+                    q[num_decode:],
+                    self.k_cache,
+                    self.v_cache,
+                    ctx.prefill_cu_seqlens_q,
+                    ctx.prefill_context_lens,
+                    ctx.prefill_block_tables,
+                    self.scale,
                 )
             )
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -124,7 +143,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
 
     def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None, cos_sin: torch.Tensor
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        cos_sin: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             residual = hidden
@@ -143,7 +166,9 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, backend) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
         residual = None
         for layer in self.layers:
@@ -155,7 +180,7 @@ class CausalLM(nn.Module):
     """`forward(input_ids, positions)` → final hidden states; `compute_logits(hidden)` → vocab logits."""
 
     # checkpoint name fragment → (our parameter fragment, shard name)
-    packed_modules = {
+    packed_modules: ClassVar[dict[str, tuple[str, str]]] = {
         "q_proj": ("qkv_proj", "q"),
         "k_proj": ("qkv_proj", "k"),
         "v_proj": ("qkv_proj", "v"),

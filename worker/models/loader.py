@@ -72,7 +72,9 @@ def _load_one(model: CausalLM, params: dict[str, nn.Parameter], name: str, tenso
             return target
     param = _param(params, name, name)
     if param.shape != tensor.shape:
-        raise ValueError(f"weight {name} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}")
+        raise ValueError(
+            f"weight {name} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"
+        )
     param.data.copy_(tensor)
     return name
 

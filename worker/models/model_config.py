@@ -46,7 +46,8 @@ class ModelConfig:
         architecture = (raw.get("architectures") or ["?"])[0]
         if architecture not in SUPPORTED_ARCHITECTURES:
             raise ValueError(
-                f"architecture {architecture!r} is not supported; MILI serves {', '.join(SUPPORTED_ARCHITECTURES)}"
+                f"architecture {architecture!r} is not supported; "
+                f"MILI serves {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
         num_heads = raw["num_attention_heads"]
         head_dim = raw.get("head_dim")
@@ -56,7 +57,9 @@ class ModelConfig:
             head_dim = raw["hidden_size"] // num_heads
         rope = raw.get("rope_parameters") or {}
         rope_theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
-        rope_scaling = raw.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"} or None)
+        rope_scaling = raw.get("rope_scaling") or (
+            {k: v for k, v in rope.items() if k != "rope_theta"} or None
+        )
         if rope_scaling is not None and rope_scaling.get("rope_type", rope_scaling.get("type")) == "default":
             rope_scaling = None
         eos = raw.get("eos_token_id")

@@ -44,7 +44,9 @@ class BlockManagerMachine(RuleBasedStateMachine):
         hit = self.manager.match_prefix(seq)
         assert hit == expected_blocks * BLOCK_SIZE, "the match must be the longest cached prefix"
         for i, block in enumerate(seq.block_table):
-            assert self.contents[block] == tuple(tokens[: (i + 1) * BLOCK_SIZE]), "shared KV of another prefix"
+            assert self.contents[block] == tuple(tokens[: (i + 1) * BLOCK_SIZE]), (
+                "shared KV of another prefix"
+            )
         if self.manager.allocate(seq, 1):
             self.running.append(seq)
         else:

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 import transformers
+
 from mili.worker import LLM, SamplingParams
 from mili.worker.models.model_config import ModelConfig
 

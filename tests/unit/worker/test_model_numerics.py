@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+
 from mili.worker.config import EngineConfig
 from mili.worker.engine.context import set_context
 from mili.worker.engine.model_runner import ModelRunner
@@ -89,8 +90,8 @@ def test_sharded_checkpoint_loads_like_a_single_file(tiny_qwen3_dir, tmp_path):
 
 
 def test_smollm2_logits_match_transformers(smollm2_dir):
-    token_ids = [1, 504, 3575, 282, 4649, 314, 1326, 30, 2, 198] + list(range(1000, 1030))
+    token_ids = [1, 504, 3575, 282, 4649, 314, 1326, 30, 2, 198, *range(1000, 1030)]
     expected = reference_logits(smollm2_dir, token_ids)
     runner = make_runner(smollm2_dir, num_blocks=8)
-    diff = (our_logits(runner, token_ids, [24] + [1] * 16) - expected).abs().max().item()
+    diff = (our_logits(runner, token_ids, [24, *[1] * 16]) - expected).abs().max().item()
     assert diff <= TOLERANCE, f"max abs diff {diff}"

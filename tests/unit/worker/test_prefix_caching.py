@@ -65,7 +65,9 @@ def test_one_at_a_time_requests_reuse_the_previous_ones_prefix(tiny_qwen3_dir, p
 
 def test_small_pool_with_heavy_eviction_completes_and_leaks_nothing(tiny_qwen3_dir, prompts):
     many = [p for p in prompts for _ in range(3)]
-    plain = LLM(model=str(tiny_qwen3_dir), kernels="torch", block_size=8, num_kv_blocks=24, prefix_caching=False)
+    plain = LLM(
+        model=str(tiny_qwen3_dir), kernels="torch", block_size=8, num_kv_blocks=24, prefix_caching=False
+    )
     cached = LLM(model=str(tiny_qwen3_dir), kernels="torch", block_size=8, num_kv_blocks=24)
     assert outputs(cached, many) == outputs(plain, many)
     assert cached.engine.scheduler.num_preemptions > 0

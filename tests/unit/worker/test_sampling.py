@@ -50,8 +50,9 @@ def test_higher_temperature_spreads_the_distribution(llm):
 
 
 def test_top_k_limits_choices_to_the_top_tokens(llm):
-    (output,) = llm.generate([PROMPT], SamplingParams(temperature=2.0, top_k=2, seed=5, max_tokens=24,
-                                                      ignore_eos=True, logprobs=2))
+    (output,) = llm.generate(
+        [PROMPT], SamplingParams(temperature=2.0, top_k=2, seed=5, max_tokens=24, ignore_eos=True, logprobs=2)
+    )
     for step in output.outputs[0].logprobs:
         assert step.token_id in step.top  # every draw is one of the two most likely tokens
 
@@ -71,7 +72,9 @@ def test_penalties_change_repetition_in_the_expected_direction(llm, penalty, dis
 
 
 def test_stop_string_across_token_boundaries_is_cut_and_not_leaked(llm):
-    full = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True))[0].outputs[0]
+    full = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True))[0].outputs[
+        0
+    ]
     tokenizer = llm.tokenizer
     pieces = [tokenizer.decode(full.token_ids[: i + 1]) for i in range(len(full.token_ids))]
     # A stop string that starts inside token 3's text and ends inside token 5's text.
@@ -81,8 +84,12 @@ def test_stop_string_across_token_boundaries_is_cut_and_not_leaked(llm):
     cut = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop]))
     assert cut[0].outputs[0].text == full.text[:start]
     assert cut[0].outputs[0].finish_reason == "stop" and cut[0].outputs[0].stop_reason == stop
-    kept = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop],
-                                                 include_stop_str_in_output=True))
+    kept = llm.generate(
+        [PROMPT],
+        SamplingParams(
+            temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop], include_stop_str_in_output=True
+        ),
+    )
     assert kept[0].outputs[0].text == full.text[: start + len(stop)]
 
 
@@ -90,7 +97,9 @@ def test_stop_token_ids_and_eos_end_the_sequence(llm):
     greedy = run(llm, temperature=0.0)
     stop_token = greedy[4]
     first = greedy.index(stop_token)
-    stopped = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=24, stop_token_ids=[stop_token]))
+    stopped = llm.generate(
+        [PROMPT], SamplingParams(temperature=0.0, max_tokens=24, stop_token_ids=[stop_token])
+    )
     completion = stopped[0].outputs[0]
     assert completion.token_ids == greedy[: first + 1]
     assert completion.finish_reason == "stop" and completion.stop_reason == stop_token
@@ -114,12 +123,16 @@ def test_min_tokens_holds_back_stop_tokens(llm):
 
 def test_max_tokens_bounds_the_output(llm):
     for max_tokens in (1, 7):
-        (output,) = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+        (output,) = llm.generate(
+            [PROMPT], SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        )
         assert len(output.outputs[0].token_ids) == max_tokens and output.outputs[0].finish_reason == "length"
 
 
 def test_logprobs_report_the_chosen_token_and_the_top_alternatives(llm):
-    (output,) = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=5, logprobs=3, ignore_eos=True))
+    (output,) = llm.generate(
+        [PROMPT], SamplingParams(temperature=0.0, max_tokens=5, logprobs=3, ignore_eos=True)
+    )
     completion = output.outputs[0]
     assert len(completion.logprobs) == 5
     for token_id, step in zip(completion.token_ids, completion.logprobs, strict=True):
@@ -130,12 +143,20 @@ def test_logprobs_report_the_chosen_token_and_the_top_alternatives(llm):
 
 
 def test_n_samples_are_indexed_and_differ(llm):
-    (output,) = llm.generate([PROMPT], SamplingParams(n=3, temperature=1.5, seed=9, max_tokens=16, ignore_eos=True))
+    (output,) = llm.generate(
+        [PROMPT], SamplingParams(n=3, temperature=1.5, seed=9, max_tokens=16, ignore_eos=True)
+    )
     assert [c.index for c in output.outputs] == [0, 1, 2]
     assert len({tuple(c.token_ids) for c in output.outputs}) == 3
 
 
 def test_invalid_parameters_name_the_field():
-    for field, value in [("temperature", -1.0), ("top_p", 0.0), ("max_tokens", 0), ("logprobs", 21), ("n", 0)]:
+    for field, value in [
+        ("temperature", -1.0),
+        ("top_p", 0.0),
+        ("max_tokens", 0),
+        ("logprobs", 21),
+        ("n", 0),
+    ]:
         with pytest.raises(ValueError, match=field):
             SamplingParams(**{field: value})

@@ -1,0 +1,111 @@
+"""Operator-wide settings: command-line flags with environment-variable defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DEFAULT_WORKER_IMAGE = "mili-worker:0.1.0"
+DEFAULT_PROMETHEUS_URL = "http://prometheus.mili-system.svc:9090"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What the operator needs besides each MiliDeployment's own spec."""
+
+    worker_image: str = DEFAULT_WORKER_IMAGE
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    liveness_host: str = "0.0.0.0"
+    liveness_port: int = 8080
+    metrics_port: int = 8081  # 0 disables the operator's own /metrics
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    peering: str | None = None  # None: standalone (one operator replica, no Kopf peering objects)
+    verbose: bool = False
+
+    @property
+    def liveness_endpoint(self) -> str | None:
+        if not self.liveness_port:
+            return None
+        return f"http://{self.liveness_host}:{self.liveness_port}/healthz"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mili-operator",
+        description="Run the MILI operator: MiliDeployment -> worker Deployment + Service (+ autoscaling).",
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=None,
+        help="serve MiliDeployments in this namespace (repeatable); env MILI_NAMESPACES, comma-separated",
+    )
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        default=None,
+        help="serve the whole cluster (the default)",
+    )
+    parser.add_argument(
+        "--worker-image",
+        default=os.environ.get("MILI_WORKER_IMAGE", DEFAULT_WORKER_IMAGE),
+        help="image for workers whose spec has no `image` (env MILI_WORKER_IMAGE)",
+    )
+    parser.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("MILI_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL),
+        help="default Prometheus for autoscaling (env MILI_PROMETHEUS_URL)",
+    )
+    parser.add_argument("--liveness-host", default=os.environ.get("MILI_LIVENESS_HOST", "0.0.0.0"))
+    parser.add_argument(
+        "--liveness-port",
+        type=int,
+        default=_env_int("MILI_LIVENESS_PORT", 8080),
+        help="port of GET /healthz (0 disables)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int("MILI_METRICS_PORT", 8081),
+        help="port of the operator's own GET /metrics (0 disables)",
+    )
+    parser.add_argument(
+        "--peering",
+        default=os.environ.get("MILI_PEERING") or None,
+        help="Kopf peering object name for several operator replicas (default: standalone)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
+    """Build the config from ``argv`` (default: ``sys.argv[1:]``) and the environment."""
+    args = build_parser().parse_args(argv)
+    namespaces = tuple(args.namespaces or ())
+    if not namespaces and not args.all_namespaces:
+        namespaces = tuple(
+            ns.strip() for ns in os.environ.get("MILI_NAMESPACES", "").split(",") if ns.strip()
+        )
+    return OperatorConfig(
+        worker_image=args.worker_image,
+        namespaces=namespaces,
+        all_namespaces=not namespaces,
+        liveness_host=args.liveness_host,
+        liveness_port=args.liveness_port,
+        metrics_port=args.metrics_port,
+        prometheus_url=args.prometheus_url,
+        peering=args.peering,
+        verbose=args.verbose,
+    )

@@ -1,0 +1,84 @@
+"""Kopf handlers for MiliDeployments and their children. Thin: each one runs the shared reconcile pass."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from mili.operator import metrics
+from mili.operator.kube import ApiError, KubeClient
+from mili.operator.reconcile import Notice, Reconciler, post_kopf_event
+from mili.operator.rendering import MANAGED_BY, MANAGED_BY_LABEL
+from mili.operator.spec import GROUP, KIND, PLURAL, VERSION
+
+RETRY_DELAY_SECONDS = 10
+CHILDREN = {MANAGED_BY_LABEL: MANAGED_BY}
+
+
+@kopf.on.startup()
+async def connect(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Open the API client the reconciler uses (Kopf's own connection is internal to Kopf)."""
+    memo.kube = KubeClient.from_environment()
+    memo.reconciler = Reconciler(memo.kube, memo.config)
+    logger.info("MILI operator started; default worker image %s", memo.config.worker_image)
+
+
+@kopf.on.cleanup()
+async def disconnect(memo: kopf.Memo, **_: Any) -> None:
+    kube = getattr(memo, "kube", None)
+    if kube is not None:
+        await kube.aclose()
+
+
+async def run_reconcile(
+    memo: kopf.Memo, body: Any, namespace: str, name: str, trigger: str, retry: bool
+) -> None:
+    """Reconcile; on an API error count it, post a Warning Event, and (when ``retry``) let Kopf retry."""
+    try:
+        await memo.reconciler.reconcile(namespace, name, trigger)
+    except ApiError as error:
+        metrics.RECONCILE_ERRORS.inc()
+        post_kopf_event(body, Notice("Warning", "ReconcileFailed", str(error)))
+        if retry:
+            raise kopf.TemporaryError(
+                f"reconcile of {namespace}/{name} failed: {error}", delay=RETRY_DELAY_SECONDS
+            ) from error
+        logging.getLogger(__name__).warning("reconcile of %s/%s failed: %s", namespace, name, error)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def milideployment_changed(
+    body: kopf.Body, reason: str, namespace: str, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """Apply the worker Deployment and Service and refresh the status."""
+    await run_reconcile(memo, body, namespace, name, trigger=str(reason), retry=True)
+
+
+def owner_name(body: kopf.Body) -> str | None:
+    """Name of the MiliDeployment that controls this child, if any."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return ref.get("name")
+    return None
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILDREN)
+@kopf.on.event("v1", "services", labels=CHILDREN)
+async def child_changed(body: kopf.Body, type: str | None, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A child was listed, added, changed or deleted: re-apply its parent (recreating a deleted child)
+    and refresh the parent's status from it."""
+    parent = owner_name(body)
+    if parent is not None and hasattr(memo, "reconciler"):
+        trigger = f"{body.get('kind', 'child')} {type or 'LISTED'}"
+        await run_reconcile(memo, body, namespace, parent, trigger=trigger, retry=False)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def milideployment_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    """Forget the metric series of a deleted MiliDeployment (children go by owner-reference GC)."""
+    if type == "DELETED":
+        metrics.forget(namespace, name)

@@ -1,0 +1,175 @@
+"""One level-based reconcile pass of a MiliDeployment: read it, apply its children, write its status.
+
+Every trigger (the MiliDeployment created, updated or resumed; a child Deployment or Service changed or
+deleted) runs the same pass on a fresh read of the object, serialized per object, so running it again
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from mili.operator import apply, metrics
+from mili.operator.config import OperatorConfig
+from mili.operator.kube import KubeClient, deployment_path, milideployment_path, service_path
+from mili.operator.rendering import render_deployment, render_service
+from mili.operator.spec import MiliDeploymentSpec, SpecError, parse_spec
+from mili.operator.status import ObservedState, compute_status, desired_replicas, status_patch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An Event to post on the MiliDeployment."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+EventPoster = Callable[[Mapping[str, Any], Notice], None]
+
+
+def post_kopf_event(body: Mapping[str, Any], notice: Notice) -> None:
+    kopf.event(body, type=notice.type, reason=notice.reason, message=notice.message)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    """Applies MiliDeployments; one instance per operator, shared by all handlers."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        config: OperatorConfig,
+        post_event: EventPoster = post_kopf_event,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.post_event = post_event
+        self.clock = clock
+        self._locks: collections.defaultdict[tuple[str, str], asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
+
+    async def reconcile(self, namespace: str, name: str, trigger: str = "request") -> list[Notice]:
+        """Bring the children and status of one MiliDeployment up to date; returns the Events posted."""
+        async with self._locks[(namespace, name)]:
+            parent = await self.kube.get(milideployment_path(namespace, name))
+            if parent is None or parent.get("metadata", {}).get("deletionTimestamp"):
+                return []
+            notices = await self._reconcile(parent)
+        logger.debug("Reconciled %s/%s after %s: %d notice(s)", namespace, name, trigger, len(notices))
+        for notice in notices:
+            self.post_event(parent, notice)
+        return notices
+
+    async def _reconcile(self, parent: dict[str, Any]) -> list[Notice]:
+        metadata = parent["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        status = parent.get("status") or {}
+        notices: list[Notice] = []
+        problem: tuple[str, str] | None = None
+        try:
+            spec: MiliDeploymentSpec | None = parse_spec(name, parent.get("spec"))
+        except SpecError as error:
+            spec, problem = None, ("InvalidSpec", str(error))
+            logger.warning("MiliDeployment %s/%s: %s", namespace, name, error)
+
+        if spec is not None:
+            deployment, problem = await self._apply_children(parent, spec, status, notices)
+        else:  # leave the children as they are (a typo must not take a model down); still report them
+            deployment = await self.kube.get(deployment_path(namespace, name))
+            if deployment is not None and not apply.is_owned_by(deployment, metadata.get("uid", "")):
+                deployment = None
+        if problem is not None:
+            metrics.RECONCILE_ERRORS.inc()
+
+        state = ObservedState(name, namespace, metadata.get("generation"), spec, deployment, problem)
+        new_status, transitions = compute_status(state, status, self.clock())
+        patch = status_patch(status, new_status)
+        if patch:
+            await self.kube.merge_patch(milideployment_path(namespace, name, "status"), {"status": patch})
+        desired = new_status.get("desiredReplicas", status.get("desiredReplicas"))
+        if isinstance(desired, int):
+            metrics.DESIRED_REPLICAS.labels(namespace=namespace, mili_deployment=name).set(desired)
+        for transition in transitions:
+            condition = transition.condition
+            notices.append(
+                Notice(
+                    "Warning" if transition.warning else "Normal",
+                    condition.reason,
+                    f"{condition.type}={condition.status}: {condition.message}",
+                )
+            )
+        return notices
+
+    async def _apply_children(
+        self,
+        parent: dict[str, Any],
+        spec: MiliDeploymentSpec,
+        status: Mapping[str, Any],
+        notices: list[Notice],
+    ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        """Apply the Deployment and the Service; returns the live Deployment and a problem, if any."""
+        namespace = parent["metadata"]["namespace"]
+        live = await self.kube.get(deployment_path(namespace, spec.name))
+        # With autoscaling on, the autoscaler owns spec.replicas of an existing Deployment: leave it out.
+        replicas = (
+            None if spec.autoscaling.enabled and live is not None else desired_replicas(spec, status, None)
+        )
+        deployment = render_deployment(spec, namespace, replicas, self.config.worker_image)
+        service = render_service(spec, namespace)
+        kopf.adopt([deployment, service], owner=parent)
+
+        deployment, conflict = await self._apply(
+            parent, deployment, live, deployment_path(namespace), notices
+        )
+        _, service_conflict = await self._apply(
+            parent,
+            service,
+            await self.kube.get(service_path(namespace, spec.name)),
+            service_path(namespace),
+            notices,
+        )
+        conflict = conflict or service_conflict
+        return deployment, (("ChildConflict", conflict) if conflict else None)
+
+    async def _apply(
+        self,
+        parent: dict[str, Any],
+        desired: dict[str, Any],
+        live: dict[str, Any] | None,
+        collection: str,
+        notices: list[Notice],
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """Create or patch one child as planned; returns (the live child if ours, conflict message)."""
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        plan = apply.plan_apply(desired, live, parent["metadata"].get("uid", ""))
+        if plan.action == apply.CONFLICT:  # reported once, as the Degraded condition's transition
+            return None, plan.reason
+        if plan.action == apply.CREATE:
+            created = await self.kube.create(collection, plan.body)
+            logger.info("Created %s %s/%s", kind, desired["metadata"]["namespace"], name)
+            notices.append(Notice("Normal", "Created", f"Created {kind} {name}"))
+            return created, None
+        if plan.action == apply.PATCH:
+            patched = await self.kube.merge_patch(f"{collection}/{name}", plan.body)
+            changed = ", ".join(plan.changed)
+            logger.info("Updated %s %s/%s: %s", kind, desired["metadata"]["namespace"], name, changed)
+            notices.append(Notice("Normal", "Updated", f"Updated {kind} {name}: {changed}"))
+            return patched, None
+        return live, None

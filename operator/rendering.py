@@ -1,0 +1,220 @@
+"""Pure functions: a validated MiliDeployment spec -> the worker Deployment and Service it should have.
+
+Nothing here talks to Kubernetes; owner references are added by the caller (``kopf.adopt``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mili.operator.spec import MiliDeploymentSpec, ModelSource
+
+WORKER_PORT = 8000
+CONTAINER_NAME = "worker"
+CACHE_DIR = "/var/cache/mili"
+PVC_MOUNT = "/models"
+WORKER_UID = 1000
+
+# The pod label Prometheus relabels to `mili_deployment` (issue 7's scrape config relies on it).
+DEPLOYMENT_LABEL = "mili.dev/deployment"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "mili-operator"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Worker startup covers a model download and a warm-up: allow up to 30 minutes before liveness applies.
+STARTUP_PERIOD_SECONDS = 10
+STARTUP_FAILURE_THRESHOLD = 180
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select one MiliDeployment's worker pods (immutable once the Deployment exists)."""
+    return {"app.kubernetes.io/name": "mili-worker", DEPLOYMENT_LABEL: name}
+
+
+def selector_string(name: str) -> str:
+    """The same selector in the string form of the scale subresource's ``.status.selector``."""
+    return ",".join(f"{key}={value}" for key, value in selector_labels(name).items())
+
+
+def worker_labels(name: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "worker",
+        MANAGED_BY_LABEL: MANAGED_BY,
+    }
+
+
+def endpoint_url(name: str, namespace: str, port: int) -> str:
+    """In-cluster base URL of the OpenAI-compatible API (what `openai.OpenAI(base_url=...)` takes)."""
+    return f"http://{name}.{namespace}.svc:{port}/v1"
+
+
+def worker_model_argument(source: ModelSource) -> str:
+    """What `mili serve --model` gets: a pvc:// source becomes the path where the claim is mounted."""
+    if source.scheme == "pvc":
+        return f"file://{PVC_MOUNT}/{source.location}".rstrip("/")
+    return source.uri
+
+
+def worker_args(spec: MiliDeploymentSpec) -> list[str]:
+    """Arguments of `mili serve` (vLLM-like flags) for this spec."""
+    engine = spec.engine
+    args = [
+        "serve",
+        "--model",
+        worker_model_argument(spec.model.source),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(WORKER_PORT),
+        "--served-name",
+        spec.model.served_name,
+        "--dtype",
+        spec.model.dtype,
+    ]
+    if spec.model.max_model_len is not None:
+        args += ["--max-model-len", str(spec.model.max_model_len)]
+    args += [
+        "--block-size",
+        str(engine.block_size),
+        "--max-num-seqs",
+        str(engine.max_num_seqs),
+        "--max-num-batched-tokens",
+        str(engine.max_num_batched_tokens),
+        "--gpu-memory-utilization",
+        f"{engine.gpu_memory_utilization:g}",
+    ]
+    if not engine.prefix_caching:
+        args.append("--no-prefix-caching")
+    args += ["--kernels", engine.kernels]
+    return args
+
+
+def _env(spec: MiliDeploymentSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "MILI_CACHE_DIR", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+    ]
+    if spec.api_key_secret_ref is not None:
+        ref = spec.api_key_secret_ref
+        env.append(
+            {"name": "MILI_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+    return env
+
+
+def _resources(spec: MiliDeploymentSpec) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.resources.cpu is not None:
+        requests["cpu"] = spec.resources.cpu  # no CPU limit: throttling a decode loop costs latency
+    if spec.resources.memory is not None:
+        requests["memory"] = limits["memory"] = spec.resources.memory
+    if spec.resources.gpus > 0:
+        limits[GPU_RESOURCE] = str(spec.resources.gpus)
+    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _volumes(spec: MiliDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [{"name": "model-cache", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "model-cache", "mountPath": CACHE_DIR}]
+    source = spec.model.source
+    if source.scheme == "pvc":
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}}
+        )
+        mounts.append({"name": "model", "mountPath": PVC_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def render_pod_template(spec: MiliDeploymentSpec, default_image: str) -> dict[str, Any]:
+    """The worker pod template: one `mili serve` container with probes, volumes and a non-root context."""
+    volumes, mounts = _volumes(spec)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or default_image,
+        "command": ["mili"],
+        "args": worker_args(spec),
+        "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "env": _env(spec),
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "startupProbe": _probe("/health", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
+        "livenessProbe": _probe("/health", 10, 3),
+        "readinessProbe": _probe("/ready", 5, 3),
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.image_pull_policy is not None:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        # Service links would put e.g. MILI_PORT=tcp://... into the env of a pod next to a Service named
+        # `mili`, which collides with the worker's own MILI_* settings.
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    return {
+        "metadata": {
+            "labels": worker_labels(spec.name),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(WORKER_PORT),
+                "prometheus.io/path": "/metrics",
+                "mili.dev/model-source": spec.model.source.uri,
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def render_deployment(
+    spec: MiliDeploymentSpec, namespace: str, replicas: int | None, default_image: str
+) -> dict[str, Any]:
+    """The worker Deployment. ``replicas=None`` leaves ``spec.replicas`` out (the autoscaler owns it)."""
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(spec.name)},
+        "template": render_pod_template(spec, default_image),
+    }
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": spec.name, "namespace": namespace, "labels": worker_labels(spec.name)},
+        "spec": deployment_spec,
+    }
+
+
+def render_service(spec: MiliDeploymentSpec, namespace: str) -> dict[str, Any]:
+    """The Service in front of the worker pods (port ``service.port`` -> the pods' `http` port)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": spec.name, "namespace": namespace, "labels": worker_labels(spec.name)},
+        "spec": {
+            "type": spec.service.type,
+            "selector": selector_labels(spec.name),
+            "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

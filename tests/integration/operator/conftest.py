@@ -1,0 +1,271 @@
+"""The real `mili-operator` process against kmock's Kubernetes emulator on loopback.
+
+The emulator runs on its own event loop in a thread, so tests are plain synchronous code that talks to
+it over HTTP like kubectl would; the operator is a subprocess with a kubeconfig pointing at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import kmock
+import pytest
+
+NAMESPACE = "mili-test"
+MILI_RESOURCE = "mili.dev/v1alpha1/milideployments"
+DEADLINE_SECONDS = 15.0
+
+T = TypeVar("T")
+
+
+class NamingEmulator(kmock.KubernetesEmulator):
+    """The emulator, plus the API server's handling of ``metadata.generateName`` (Kopf's Events use it)."""
+
+    async def _handle(self, request: Any) -> Any:
+        metadata = request.data.get("metadata") if isinstance(request.data, dict) else None
+        named = isinstance(metadata, dict) and (metadata.get("name") or not metadata.get("generateName"))
+        if request.method == "POST" and isinstance(metadata, dict) and not named:
+            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:8]
+        return await super()._handle(request)
+
+
+class EmulatedCluster:
+    """kmock's KubernetesEmulator serving on 127.0.0.1 from a background thread."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.emulator: kmock.KubernetesEmulator | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with NamingEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
+            emulator.resources.load_bundled()
+            emulator.resources[MILI_RESOURCE] = kmock.ResourceInfo(
+                namespaced=True,
+                kind="MiliDeployment",
+                singular="milideployment",
+                shortnames=["mili"],
+                verbs=["get", "list", "watch", "create", "update", "patch", "delete"],
+                subresources=["status", "scale"],
+            )
+            self.emulator = emulator
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("kmock emulator did not start")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def on_loop(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the emulator's loop (its object store is not thread-safe)."""
+
+        async def call() -> T:
+            return fn()
+
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
+
+    def versions(self, resource: str, name: str, namespace: str = NAMESPACE) -> int:
+        """How many versions (creations and writes) the emulator has stored for one object."""
+        assert self.emulator is not None
+        emulator = self.emulator
+        return self.on_loop(lambda: len(emulator.objects[resource, namespace, name].history))
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        path.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters: [{{name: kmock, cluster: {{server: '{self.url}'}}}}]\n"
+            "users: [{name: kmock, user: {}}]\n"
+            "contexts: [{name: kmock, context: {cluster: kmock, user: kmock, namespace: "
+            + NAMESPACE
+            + "}}]\n"
+            "current-context: kmock\n"
+        )
+        return path
+
+
+class Api:
+    """A tiny synchronous client of the emulator for the tests (what kubectl does)."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    @staticmethod
+    def md_path(name: str | None = None) -> str:
+        base = f"/apis/mili.dev/v1alpha1/namespaces/{NAMESPACE}/milideployments"
+        return f"{base}/{name}" if name else base
+
+    @staticmethod
+    def deployment_path(name: str) -> str:
+        return f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}"
+
+    @staticmethod
+    def service_path(name: str) -> str:
+        return f"/api/v1/namespaces/{NAMESPACE}/services/{name}"
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        response = self.http.get(path)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def create_milideployment(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": "mili.dev/v1alpha1",
+            "kind": "MiliDeployment",
+            # The emulator assigns none of these; Kopf and owner references need them.
+            "metadata": {
+                "name": name,
+                "namespace": NAMESPACE,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": "1",
+                "generation": 1,
+            },
+            "spec": spec,
+        }
+        response = self.http.post(self.md_path(), json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.patch(path, json=patch, headers={"Content-Type": "application/merge-patch+json"})
+        response.raise_for_status()
+        return response.json()
+
+    def patch_spec(self, name: str, spec_patch: dict[str, Any]) -> None:
+        generation = (self.get(self.md_path(name)) or {})["metadata"].get("generation", 1)
+        self.patch(self.md_path(name), {"metadata": {"generation": generation + 1}, "spec": spec_patch})
+
+    def delete(self, path: str) -> None:
+        self.http.delete(path).raise_for_status()
+
+    def events(self) -> list[dict[str, Any]]:
+        response = self.http.get(f"/api/v1/namespaces/{NAMESPACE}/events")
+        response.raise_for_status()
+        return response.json()["items"]
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = DEADLINE_SECONDS) -> T:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class OperatorProcess:
+    """`mili-operator` as a subprocess; its log is kept for assertions."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        command = [
+            str(Path(sys.executable).with_name("mili-operator")),  # the installed console script
+            "--all-namespaces",  # as deployed (namespaced mode lists namespaces, which kmock cannot)
+            "--worker-image",
+            "mili-worker:test",
+            "--liveness-host",
+            "127.0.0.1",
+            "--liveness-port",
+            str(self.liveness_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--verbose",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._live, "the operator's liveness endpoint", timeout=30)
+
+    def _live(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            pytest.fail(f"mili-operator exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmulatedCluster]:
+    emulated = EmulatedCluster()
+    emulated.start()
+    yield emulated
+    emulated.stop()
+
+
+@pytest.fixture(scope="module")
+def api(cluster: EmulatedCluster) -> Iterator[Api]:
+    client = Api(cluster.url)
+    yield client
+    client.http.close()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    workdir = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(cluster.write_kubeconfig(workdir / "kubeconfig"), workdir / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., Any]:
+    """``wait_for(condition, what, timeout=...)``: poll a real condition with a deadline."""
+    return wait_for

@@ -1,0 +1,260 @@
+"""Serving benchmark in the manner of ``vllm bench serve``: N streaming requests against a running
+OpenAI-compatible server, with Poisson arrivals at a given rate (or all at once), random input and
+output lengths; reports completed/failed, request and token throughput, TTFT, TPOT and ITL.
+
+    python tests/performance/bench_serving.py --base-url http://127.0.0.1:8000 \\
+        --num-prompts 100 --request-rate 4 --input-len 128 --output-len 64
+
+Prompts are random words (their token count is what the server reports in ``usage``); outputs are
+forced to their drawn length with ``ignore_eos``, as vLLM's random dataset does. Not collected by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+VOCABULARY = (
+    "the of and to in is was for on that with as by at from his an were are which this be or had not but "
+    "one have they you all their has been more when there can who time would out so said what up its about "
+    "into than them only other new some could these two may first then do any like my now over such our man "
+    "model token cache block batch stream server engine request kernel memory queue prefix scale paged"
+)
+WORDS = VOCABULARY.split()
+
+
+@dataclass
+class RequestResult:
+    ok: bool = False
+    error: str = ""
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    ttft: float = 0.0  # seconds to the first token
+    latency: float = 0.0  # seconds to the last byte
+    itl: list[float] = field(default_factory=list)  # gaps between content chunks
+
+
+@dataclass
+class Summary:
+    completed: int
+    failed: int
+    duration_s: float
+    request_throughput: float
+    output_token_throughput: float
+    total_token_throughput: float
+    mean_ttft_ms: float
+    median_ttft_ms: float
+    p99_ttft_ms: float
+    mean_tpot_ms: float
+    median_tpot_ms: float
+    p99_tpot_ms: float
+    mean_itl_ms: float
+    median_itl_ms: float
+    p99_itl_ms: float
+
+
+def random_lengths(rng: random.Random, mean: int, range_ratio: float, count: int) -> list[int]:
+    low, high = max(1, int(mean * (1 - range_ratio))), max(1, int(mean * (1 + range_ratio)))
+    return [rng.randint(low, high) for _ in range(count)]
+
+
+def random_prompt(rng: random.Random, num_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(num_words))
+
+
+async def poisson_arrivals(count: int, rate: float, rng: random.Random):
+    """Yield request indices, spaced by exponential gaps of mean 1/rate (all at once when rate is inf)."""
+    for index in range(count):
+        yield index
+        if rate != float("inf") and index < count - 1:
+            await asyncio.sleep(rng.expovariate(rate))
+
+
+async def send(
+    client: httpx.AsyncClient, args: argparse.Namespace, model: str, prompt: str, max_tokens: int
+) -> RequestResult:
+    result = RequestResult()
+    body: dict = {"model": model, "max_tokens": max_tokens, "stream": True, "temperature": 0.0}
+    body |= {"ignore_eos": True, "stream_options": {"include_usage": True}}
+    if args.endpoint == "chat":
+        path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
+    else:
+        path, body["prompt"] = "/v1/completions", prompt
+    started = last = time.perf_counter()
+    try:
+        async with client.stream("POST", f"{args.base_url}{path}", json=body) as response:
+            if response.status_code != 200:
+                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    result.error = chunk["error"].get("message", "error event")
+                    return result
+                if chunk.get("usage"):
+                    result.prompt_tokens = chunk["usage"]["prompt_tokens"]
+                    result.output_tokens = chunk["usage"]["completion_tokens"]
+                text = "".join(
+                    (c.get("text") if args.endpoint != "chat" else (c.get("delta") or {}).get("content"))
+                    or ""
+                    for c in chunk.get("choices", [])
+                )
+                if text:
+                    now = time.perf_counter()
+                    if result.ttft == 0.0:
+                        result.ttft = now - started
+                    else:
+                        result.itl.append(now - last)
+                    last = now
+        result.latency = time.perf_counter() - started
+        result.ok = result.ttft > 0.0
+        if not result.ok:
+            result.error = "no tokens received"
+    except (httpx.HTTPError, json.JSONDecodeError) as error:
+        result.error = f"{type(error).__name__}: {error}"
+    return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(results: list[RequestResult], duration: float) -> Summary:
+    done = [r for r in results if r.ok]
+    ttfts = [r.ttft * 1000 for r in done]
+    tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) * 1000 for r in done if r.output_tokens > 1]
+    itls = [gap * 1000 for r in done for gap in r.itl]
+    output_tokens = sum(r.output_tokens for r in done)
+    prompt_tokens = sum(r.prompt_tokens for r in done)
+
+    def mean(values: list[float]) -> float:
+        return statistics.fmean(values) if values else 0.0
+
+    return Summary(
+        completed=len(done),
+        failed=len(results) - len(done),
+        duration_s=duration,
+        request_throughput=len(done) / duration,
+        output_token_throughput=output_tokens / duration,
+        total_token_throughput=(prompt_tokens + output_tokens) / duration,
+        mean_ttft_ms=mean(ttfts),
+        median_ttft_ms=percentile(ttfts, 50),
+        p99_ttft_ms=percentile(ttfts, 99),
+        mean_tpot_ms=mean(tpots),
+        median_tpot_ms=percentile(tpots, 50),
+        p99_tpot_ms=percentile(tpots, 99),
+        mean_itl_ms=mean(itls),
+        median_itl_ms=percentile(itls, 50),
+        p99_itl_ms=percentile(itls, 99),
+    )
+
+
+async def served_model(client: httpx.AsyncClient, base_url: str) -> str:
+    response = await client.get(f"{base_url}/v1/models")
+    response.raise_for_status()
+    return response.json()["data"][0]["id"]
+
+
+async def benchmark(args: argparse.Namespace) -> tuple[Summary, list[RequestResult]]:
+    rng = random.Random(args.seed)
+    input_lens = random_lengths(rng, args.input_len, args.range_ratio, args.num_prompts)
+    output_lens = random_lengths(rng, args.output_len, args.range_ratio, args.num_prompts)
+    prompts = [random_prompt(rng, n) for n in input_lens]
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    limits = httpx.Limits(max_connections=args.max_concurrency or args.num_prompts + 8)
+    limiter = asyncio.Semaphore(args.max_concurrency or args.num_prompts)
+    async with httpx.AsyncClient(timeout=args.timeout, headers=headers, limits=limits) as client:
+        model = args.model or await served_model(client, args.base_url)
+
+        async def one(index: int) -> RequestResult:
+            async with limiter:
+                return await send(client, args, model, prompts[index], output_lens[index])
+
+        started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(one(i))
+            async for i in poisson_arrivals(args.num_prompts, args.request_rate, rng)
+        ]
+        results = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - started
+    return summarize(results, duration), results
+
+
+def print_summary(args: argparse.Namespace, summary: Summary, results: list[RequestResult]) -> None:
+    rate = "inf" if args.request_rate == float("inf") else f"{args.request_rate:g}"
+    print(f"============ Serving Benchmark Result (rate {rate} req/s) ============")
+    rows = [
+        ("Successful requests", summary.completed),
+        ("Failed requests", summary.failed),
+        ("Benchmark duration (s)", f"{summary.duration_s:.2f}"),
+        ("Request throughput (req/s)", f"{summary.request_throughput:.2f}"),
+        ("Output token throughput (tok/s)", f"{summary.output_token_throughput:.2f}"),
+        ("Total token throughput (tok/s)", f"{summary.total_token_throughput:.2f}"),
+    ]
+    for metric in ("ttft", "tpot", "itl"):
+        for stat in ("mean", "median", "p99"):
+            rows.append(
+                (
+                    f"{stat.capitalize()} {metric.upper()} (ms)",
+                    f"{getattr(summary, f'{stat}_{metric}_ms'):.2f}",
+                )
+            )
+    for name, value in rows:
+        print(f"{name:<40}{value:>12}")
+    errors = sorted({r.error for r in results if not r.ok})
+    for error in errors[:5]:
+        print(f"error: {error}", file=sys.stderr)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+    parser.add_argument("--model", default=None, help="served model name (default: the server's first)")
+    parser.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    parser.add_argument("--num-prompts", type=int, default=100)
+    parser.add_argument(
+        "--request-rate", type=float, default=float("inf"), help="req/s, Poisson; inf = all at once"
+    )
+    parser.add_argument("--max-concurrency", type=int, default=None)
+    parser.add_argument("--input-len", type=int, default=128, help="mean prompt length in words")
+    parser.add_argument("--output-len", type=int, default=64, help="mean output length in tokens")
+    parser.add_argument("--range-ratio", type=float, default=0.5, help="lengths uniform in mean × [1-r, 1+r]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--result-json", default=None, help="also write the summary here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    summary, results = asyncio.run(benchmark(args))
+    print_summary(args, summary, results)
+    if args.result_json:
+        with open(args.result_json, "w") as out:
+            json.dump(
+                {"args": vars(args) | {"request_rate": str(args.request_rate)}, **asdict(summary)},
+                out,
+                indent=2,
+            )
+    return 0 if summary.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

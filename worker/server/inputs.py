@@ -1,0 +1,121 @@
+"""From an OpenAI request to what the engine takes: token-id prompts and ``SamplingParams``.
+
+Everything here raises ``APIError`` (400) with a message that names the field.
+"""
+
+from __future__ import annotations
+
+from mili.worker.sampling_params import SamplingParams
+from mili.worker.server.errors import APIError
+from mili.worker.server.protocol import (
+    MAX_PROMPTS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingRequest,
+)
+from mili.worker.tokenizer import ChatTemplateError, Tokenizer
+
+SEED_MODULUS = 2**63  # the sampler seeds torch generators with seed + choice index: keep it in range
+
+
+def sampling_params(request: SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """The engine's sampling parameters for ``request``; ``max_tokens`` None means "to the context limit"."""
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    try:
+        return SamplingParams(
+            n=request.n,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=request.top_k,
+            min_p=request.min_p,
+            repetition_penalty=request.repetition_penalty,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            seed=None if request.seed is None else request.seed % SEED_MODULUS,
+            stop=stop,
+            stop_token_ids=list(request.stop_token_ids or []),
+            include_stop_str_in_output=request.include_stop_str_in_output,
+            ignore_eos=request.ignore_eos,
+            max_tokens=max_tokens,
+            min_tokens=request.min_tokens,
+            logprobs=logprobs,
+            skip_special_tokens=request.skip_special_tokens,
+        )
+    except ValueError as error:
+        raise APIError(str(error), param=_field_named_in(str(error))) from error
+
+
+def _field_named_in(message: str) -> str | None:
+    first = message.split(" ", 1)[0]
+    return first if first.isidentifier() else None
+
+
+def check_unsupported(request: SamplingRequest) -> None:
+    """Refuse OpenAI features MILI does not implement, rather than silently ignore them."""
+    if request.logit_bias:
+        raise APIError("logit_bias is not supported", param="logit_bias")
+    if isinstance(request, CompletionRequest):
+        if request.echo:
+            raise APIError("echo is not supported", param="echo")
+        if request.suffix:
+            raise APIError("suffix is not supported", param="suffix")
+        if request.best_of is not None and request.best_of != request.n:
+            raise APIError("best_of must equal n (no best-of ranking is done)", param="best_of")
+
+
+def completion_prompts(tokenizer: Tokenizer, prompt: str | list) -> list[list[int]]:
+    """Token ids of each prompt of a completions request (text, ids, or a batch of either)."""
+    if isinstance(prompt, str):
+        batch: list = [prompt]
+    elif not prompt:
+        raise APIError("prompt must not be empty", param="prompt")
+    elif isinstance(prompt[0], int):
+        batch = [prompt]
+    else:
+        batch = list(prompt)
+    if len(batch) > MAX_PROMPTS:
+        raise APIError(f"at most {MAX_PROMPTS} prompts per request, got {len(batch)}", param="prompt")
+    prompts = []
+    for index, item in enumerate(batch):
+        token_ids = (
+            _encode(tokenizer, item, "prompt", add_special_tokens=True) if isinstance(item, str) else item
+        )
+        if not token_ids:
+            where = "prompt" if len(batch) == 1 else f"prompt[{index}]"
+            raise APIError(f"{where} must not be empty", param="prompt")
+        prompts.append(list(token_ids))
+    return prompts
+
+
+def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest) -> list[int]:
+    """Token ids of the conversation rendered with the model's chat template."""
+    messages = []
+    for message in request.messages:
+        fields = message.model_dump(exclude_none=True)
+        if fields["role"] == "developer":  # OpenAI's newer name for the system role
+            fields["role"] = "system"
+        messages.append(fields)
+    extra = dict(request.chat_template_kwargs or {})
+    if request.tools:
+        extra["tools"] = request.tools
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=request.add_generation_prompt, **extra
+        )
+    except ChatTemplateError as error:
+        raise APIError(str(error), param="messages") from error
+    except TypeError as error:  # chat_template_kwargs that clash with the template's own arguments
+        raise APIError(f"chat_template_kwargs: {error}", param="chat_template_kwargs") from error
+    token_ids = _encode(tokenizer, text, "messages", add_special_tokens=False)
+    if not token_ids:
+        raise APIError("the conversation renders to an empty prompt", param="messages")
+    return token_ids
+
+
+def _encode(tokenizer: Tokenizer, text: str, param: str, add_special_tokens: bool) -> list[int]:
+    try:
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    except Exception as error:  # e.g. lone UTF-16 surrogates, which JSON allows and tokenizers refuse
+        raise APIError(
+            f"{param} cannot be tokenized: {type(error).__name__}: {error}", param=param
+        ) from error

@@ -1,0 +1,364 @@
+"""The HTTP routes: OpenAI's completions, chat completions and models, plus health, readiness, metrics.
+
+A handler validates, tokenizes (in a worker thread), enqueues its requests on the engine and awaits
+their streams; it never touches the engine itself. Whatever way a handler ends (finished, error,
+client gone), the engine requests it started are aborted (a no-op for finished ones): by the
+handler's ``finally``, or by a streaming response's ``on_close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from mili.worker.engine.llm_engine import RequestRejected
+from mili.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
+from mili.worker.sampling_params import SamplingParams
+from mili.worker.server import inputs
+from mili.worker.server.async_engine import AsyncEngine, EngineUnavailable, RequestFailed, RequestStream
+from mili.worker.server.errors import APIError, JSONBody, dump_json, error_body
+from mili.worker.server.outputs import DeltaTracker, LogprobFormatter, final_outputs, merge_streams, usage
+from mili.worker.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionRequest,
+    DeltaMessage,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from mili.worker.server.sse import ClientDisconnected, EventStreamResponse, cancel_on_disconnect
+
+DONE_EVENT = b"data: [DONE]\n\n"
+ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "Invalid request"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    503: {"model": ErrorResponse, "description": "The model is not loaded yet"},
+}
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the engine, its metrics, the served name, the API key."""
+
+    engine: AsyncEngine
+    metrics: WorkerMetrics
+    served_name: str
+    api_key: str | None = None
+    created: int = 0
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.mili
+
+
+# --- open routes ------------------------------------------------------------------------------------
+probes = APIRouter()
+
+
+@probes.get("/health", summary="Liveness: the engine loop is alive")
+async def health(request: Request) -> Response:
+    engine = _state(request).engine
+    if engine.alive:
+        return JSONBody({"status": "ok", "ready": engine.ready})
+    return JSONBody(error_body(engine.unavailable_reason(), 503), status_code=503)
+
+
+@probes.get("/ready", summary="Readiness: weights loaded and a warm-up generation ran")
+async def ready(request: Request) -> Response:
+    engine = _state(request).engine
+    if engine.ready:
+        return JSONBody({"status": "ready"})
+    return JSONBody(error_body(engine.unavailable_reason(), 503), status_code=503)
+
+
+@probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- the OpenAI API ---------------------------------------------------------------------------------
+async def require_api_key(request: Request) -> None:
+    """Bearer authentication, when the server has a key."""
+    expected = _state(request).api_key
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected.encode()):
+        raise APIError(
+            "Incorrect or missing API key: send 'Authorization: Bearer <key>'", 401, code="invalid_api_key"
+        )
+
+
+openai_api = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+
+@openai_api.get("/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[_model_card(_state(request))])
+
+
+@openai_api.get("/models/{model_id:path}", response_model=ModelCard)
+async def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    state = _state(request)
+    _check_model(state, model_id)
+    return _model_card(state)
+
+
+def _model_card(state: ServerState) -> ModelCard:
+    engine = state.engine
+    max_model_len = engine.max_model_len if engine.ready else None
+    return ModelCard(
+        id=state.served_name, created=state.created, root=engine.config.model, max_model_len=max_model_len
+    )
+
+
+def _check_model(state: ServerState, model: str | None) -> None:
+    if model is not None and model != state.served_name:
+        raise APIError(
+            f"The model '{model}' does not exist; this server serves '{state.served_name}'",
+            404,
+            param="model",
+            code="model_not_found",
+        )
+
+
+@openai_api.post(
+    "/completions",
+    response_model=Completion,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "A completion, or SSE chunks"}},
+)
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    state, arrival = _state(request), time.monotonic()
+    _check_model(state, body.model)
+    inputs.check_unsupported(body)
+    tokenizer = _tokenizer(state)
+    params = inputs.sampling_params(
+        body, max_tokens=16 if body.max_tokens is None else body.max_tokens, logprobs=body.logprobs
+    )
+    prompts = await run_in_threadpool(inputs.completion_prompts, tokenizer, body.prompt)
+    call = _Call(state, f"cmpl-{uuid.uuid4().hex}", int(time.time()), LogprobFormatter(tokenizer))
+    await call.start(prompts, params, arrival, prompt_param="prompt")
+    if body.stream:
+        include_usage = body.stream_options.include_usage if body.stream_options else None
+        return EventStreamResponse(call.completion_events(params.n, include_usage), on_close=call.abort)
+    return await call.respond(request, call.completion_response)
+
+
+@openai_api.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "A chat completion, or SSE chunks"}
+    },
+)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    state, arrival = _state(request), time.monotonic()
+    _check_model(state, body.model)
+    inputs.check_unsupported(body)
+    tokenizer = _tokenizer(state)
+    top_logprobs = body.top_logprobs or 0
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError("top_logprobs requires logprobs: true", param="top_logprobs")
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    params = inputs.sampling_params(
+        body, max_tokens=max_tokens, logprobs=top_logprobs if body.logprobs else None
+    )
+    prompt = await run_in_threadpool(inputs.chat_prompt, tokenizer, body)
+    call = _Call(state, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), LogprobFormatter(tokenizer))
+    call.num_top_logprobs = top_logprobs
+    await call.start([prompt], params, arrival, prompt_param="messages")
+    if body.stream:
+        include_usage = body.stream_options.include_usage if body.stream_options else None
+        return EventStreamResponse(call.chat_events(params.n, include_usage), on_close=call.abort)
+    return await call.respond(request, call.chat_response)
+
+
+def _tokenizer(state: ServerState):
+    try:
+        return state.engine.tokenizer
+    except EngineUnavailable as error:
+        raise APIError(str(error), 503, code="model_not_ready") from error
+
+
+class _Call:
+    """One API call: its engine requests, and the response built from their outputs."""
+
+    def __init__(self, state: ServerState, call_id: str, created: int, formatter: LogprobFormatter) -> None:
+        self.state = state
+        self.id = call_id
+        self.created = created
+        self.formatter = formatter
+        self.num_top_logprobs = 0
+        self.request_ids: list[str] = []
+        self.streams: list[RequestStream] = []
+
+    @property
+    def model(self) -> str:
+        return self.state.served_name
+
+    async def start(
+        self, prompts: list[list[int]], params: SamplingParams, arrival: float, prompt_param: str
+    ) -> None:
+        """Enqueue one engine request per prompt; a refusal aborts the others and answers 400."""
+        engine = self.state.engine
+        self.request_ids = [self.id if len(prompts) == 1 else f"{self.id}-{i}" for i in range(len(prompts))]
+        results = await asyncio.gather(
+            *(
+                engine.add_request(rid, ids, params, arrival)
+                for rid, ids in zip(self.request_ids, prompts, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            self.abort()
+            error = failures[0]
+            if isinstance(error, RequestRejected):
+                param = "max_tokens" if "max_tokens" in str(error) else prompt_param
+                raise APIError(str(error), param=param) from error
+            if isinstance(error, EngineUnavailable):
+                raise APIError(str(error), 503, code="model_not_ready") from error
+            raise error
+        self.streams = list(results)
+
+    def abort(self) -> None:
+        for request_id in self.request_ids:
+            self.state.engine.abort(request_id)
+
+    async def respond(self, request: Request, build) -> Response:
+        """Wait for every request to finish (aborting them if the client leaves) and build the body."""
+        try:
+            finals = await cancel_on_disconnect(request, final_outputs(self.streams))
+        except ClientDisconnected:
+            return Response(status_code=499)
+        except RequestFailed as error:
+            raise APIError(str(error), 500, code="engine_error") from error
+        finally:
+            self.abort()
+        return JSONBody(build(finals).model_dump(mode="json"))
+
+    # --- non-streaming bodies ---
+    def completion_response(self, finals) -> Completion:
+        n = len(finals[0].outputs)
+        choices = [
+            CompletionChoice(
+                index=p * n + c.index,
+                text=c.text,
+                logprobs=None if c.logprobs is None else self.formatter.completion(c.logprobs, 0),
+                finish_reason=c.finish_reason,
+                stop_reason=c.stop_reason,
+            )
+            for p, output in enumerate(finals)
+            for c in output.outputs
+        ]
+        return Completion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage(finals)
+        )
+
+    def chat_response(self, finals) -> ChatCompletion:
+        choices = [
+            ChatChoice(
+                index=c.index,
+                message=AssistantMessage(content=c.text),
+                logprobs=None
+                if c.logprobs is None
+                else self.formatter.chat(c.logprobs, self.num_top_logprobs),
+                finish_reason=c.finish_reason,
+                stop_reason=c.stop_reason,
+            )
+            for c in finals[0].outputs
+        ]
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage(finals)
+        )
+
+    # --- streaming ---
+    async def completion_events(self, n: int, include_usage: bool | None) -> AsyncIterator[bytes]:
+        def chunk(delta, final_usage):
+            logprobs = (
+                None
+                if delta.logprobs is None
+                else self.formatter.completion(delta.logprobs, delta.text_offset)
+            )
+            choice = CompletionChoice(
+                index=delta.index,
+                text=delta.text,
+                logprobs=logprobs,
+                finish_reason=delta.finish_reason,
+                stop_reason=delta.stop_reason,
+            )
+            return CompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=[choice], usage=final_usage
+            )
+
+        async for event in self._events(n, include_usage, chunk, CompletionChunk):
+            yield event
+
+    async def chat_events(self, n: int, include_usage: bool | None) -> AsyncIterator[bytes]:
+        def chunk(delta, final_usage):
+            logprobs = (
+                None if delta.logprobs is None else self.formatter.chat(delta.logprobs, self.num_top_logprobs)
+            )
+            choice = ChatChunkChoice(
+                index=delta.index,
+                delta=DeltaMessage(content=delta.text),
+                logprobs=logprobs,
+                finish_reason=delta.finish_reason,
+                stop_reason=delta.stop_reason,
+            )
+            return ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=[choice], usage=final_usage
+            )
+
+        for index in range(n):
+            first = ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))
+            yield _event(
+                ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[first])
+            )
+        async for event in self._events(n, include_usage, chunk, ChatCompletionChunk):
+            yield event
+
+    async def _events(self, n: int, include_usage: bool | None, chunk, chunk_type) -> AsyncIterator[bytes]:
+        """SSE events for every delta. Usage: its own last chunk (no choices) when the client asked with
+        ``stream_options.include_usage``, else carried by the last choice chunk."""
+        tracker = DeltaTracker(n)
+        latest = {}
+        try:
+            async for p, output in merge_streams(self.streams):
+                latest[p] = output
+                done = len(latest) == len(self.streams) and all(o.finished for o in latest.values())
+                deltas = tracker.deltas(p, output)
+                for position, delta in enumerate(deltas):
+                    last = done and position == len(deltas) - 1 and not include_usage
+                    yield _event(chunk(delta, usage(list(latest.values())) if last else None))
+                if done and (include_usage or not deltas):
+                    final = usage(list(latest.values()))
+                    yield _event(
+                        chunk_type(
+                            id=self.id, created=self.created, model=self.model, choices=[], usage=final
+                        )
+                    )
+        except RequestFailed as error:
+            yield b"data: " + dump_json(error_body(str(error), 500, code="engine_error")) + b"\n\n"
+        yield DONE_EVENT  # the response's on_close aborts what is left (nothing, after a normal end)
+
+
+def _event(chunk) -> bytes:
+    return b"data: " + dump_json(chunk.model_dump(mode="json")) + b"\n\n"
