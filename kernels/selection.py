@@ -30,9 +30,10 @@ def select_backend(choice: str, device: torch.device) -> KernelBackend:
         return TorchBackend()
     try:
         from mili.kernels.cuda_backend import CudaBackend
-    except Exception as exc:  # pycuda missing or no driver: auto degrades, cuda explains.
+
+        return CudaBackend(device)
+    except Exception as exc:  # pycuda missing, no driver, no nvcc/cubins: auto degrades, cuda explains.
         if choice == "cuda":
             raise RuntimeError(f"kernels='cuda' could not load the CUDA backend: {exc}") from exc
         logger.warning("kernels: using torch, the CUDA backend could not load: %s", exc)
         return TorchBackend()
-    return CudaBackend(device)

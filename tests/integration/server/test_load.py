@@ -114,7 +114,12 @@ def test_50_disconnecting_clients_free_every_block(server, poll):
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
             clients = [asyncio.create_task(stream_then_leave(client, server.url, started)) for _ in range(40)]
             clients += [asyncio.create_task(post_then_leave(host, int(port), started)) for _ in range(10)]
-            while in_flight() < 50:  # every request is in the engine before anyone leaves
+            deadline = time.monotonic() + 30
+            while (count := in_flight()) < 50:  # every request is in the engine before anyone leaves
+                for task in clients:
+                    if task.done():
+                        task.result()  # a client that failed: raise its error
+                assert time.monotonic() < deadline, f"only {count:.0f} of 50 requests reached the engine"
                 await asyncio.sleep(0.05)
             started.set()
             await asyncio.gather(*clients)
