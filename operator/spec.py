@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mili.worker import model_source as worker_model_source
+from mili.worker.model_source import ModelSource
+
 GROUP = "mili.dev"
 VERSION = "v1alpha1"
 PLURAL = "milideployments"
@@ -25,8 +28,6 @@ SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_HF_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_BUILTIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
@@ -38,17 +39,6 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from. ``scheme`` is one of hf, pvc, file, builtin."""
-
-    uri: str
-    scheme: str
-    location: str  # hf: ORG/NAME, pvc: PATH inside the claim, file: absolute path, builtin: NAME
-    revision: str | None = None  # hf only
-    claim: str | None = None  # pvc only
 
 
 @dataclass(frozen=True)
@@ -200,34 +190,16 @@ def _show(value: Any) -> str:
 
 
 def parse_model_source(uri: str, where: str = "spec.model.source") -> ModelSource:
-    """Split a model URI: hf://ORG/NAME[@REV], pvc://CLAIM/PATH, file:///PATH or builtin:NAME."""
-    if uri.startswith("hf://"):
-        repo, _, revision = uri[len("hf://") :].partition("@")
-        parts = repo.split("/")
-        if len(parts) != 2 or not all(_HF_REPO_PART.match(part) for part in parts):
-            raise SpecError(where, f"{uri!r}: an hf:// source is hf://ORG/NAME or hf://ORG/NAME@REVISION")
-        if "@" in uri and not revision:
-            raise SpecError(where, f"{uri!r}: the revision after '@' is empty")
-        return ModelSource(uri=uri, scheme="hf", location=repo, revision=revision or None)
-    if uri.startswith("pvc://"):
-        claim, _, path = uri[len("pvc://") :].partition("/")
-        if not _DNS_SUBDOMAIN.match(claim) or len(claim) > 253:
-            raise SpecError(where, f"{uri!r}: {claim!r} is not a valid PersistentVolumeClaim name")
-        path = path.strip("/")
-        if ".." in path.split("/"):
-            raise SpecError(where, f"{uri!r}: the path inside the claim may not contain '..'")
-        return ModelSource(uri=uri, scheme="pvc", location=path, claim=claim)
-    if uri.startswith("file://"):
-        path = uri[len("file://") :]
-        if not path.startswith("/") or path == "/":
-            raise SpecError(where, f"{uri!r}: a file source is file:///ABSOLUTE/PATH")
-        return ModelSource(uri=uri, scheme="file", location=path)
-    if uri.startswith("builtin:"):
-        name = uri[len("builtin:") :]
-        if not _BUILTIN_NAME.match(name):
-            raise SpecError(where, f"{uri!r}: a builtin source is builtin:NAME")
-        return ModelSource(uri=uri, scheme="builtin", location=name)
-    raise SpecError(where, f"{uri!r} is not one of hf://, pvc://, file://, builtin:")
+    """Split a model URI with the worker's own parser; a bare path is refused (a pod has no such path)."""
+    try:
+        source = worker_model_source.parse_model_source(uri)
+    except worker_model_source.ModelSourceError as error:
+        raise SpecError(where, str(error)) from None
+    if source.scheme == "path":
+        raise SpecError(where, f"{uri!r} is not one of hf://, pvc://, file://, builtin:")
+    if source.scheme == "file" and source.location == "/":
+        raise SpecError(where, f"{uri!r}: a file source is file:///ABSOLUTE/PATH")
+    return source
 
 
 def parse_spec(name: str, spec: Mapping[str, Any] | None) -> MiliDeploymentSpec:

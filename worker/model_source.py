@@ -14,6 +14,8 @@ validate a spec); ``resolve_model_source`` also fetches or converts and returns 
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 from dataclasses import dataclass
@@ -40,8 +42,10 @@ class ModelSource:
     """A parsed model source: ``scheme`` is one of hf, pvc, file, builtin, path."""
 
     scheme: str
-    location: str
-    revision: str | None = None
+    location: str  # hf: ORG/NAME, pvc: path inside the claim, file/path: a path, builtin: NAME
+    revision: str | None = None  # hf only
+    claim: str | None = None  # pvc only
+    uri: str = ""  # the source as written
 
 
 def cache_root() -> Path:
@@ -69,6 +73,10 @@ def parse_model_source(source: str) -> ModelSource:
     if not isinstance(source, str) or not source.strip():
         raise _error(str(source), "it is empty")
     source = source.strip()
+    return dataclasses.replace(_parse(source), uri=source)
+
+
+def _parse(source: str) -> ModelSource:
     if source.startswith("hf://"):
         return _parse_hub(source, source[len("hf://") :])
     if source.startswith("pvc://"):
@@ -101,9 +109,11 @@ def _parse_hub(source: str, rest: str) -> ModelSource:
 def _parse_pvc(source: str, rest: str) -> ModelSource:
     claim, _, path = rest.partition("/")
     if not _CLAIM_NAME.match(claim):
-        raise _error(source, f"pvc:// needs a claim name (lower-case RFC 1123 label), got {claim!r}")
+        raise _error(
+            source, f"pvc:// needs a PersistentVolumeClaim name (lower-case RFC 1123), got {claim!r}"
+        )
     _check_relative_path(source, path)
-    return ModelSource("pvc", f"{claim}/{path}".rstrip("/"))
+    return ModelSource("pvc", path.strip("/"), claim=claim)
 
 
 def resolve_model_source(source: str) -> Path:
@@ -123,7 +133,7 @@ def resolve_model_source(source: str) -> Path:
     if parsed.scheme == "hf":
         directory = _download_from_hub(source, parsed)
     elif parsed.scheme == "pvc":
-        directory = pvc_root() / parsed.location
+        directory = pvc_root() / str(parsed.claim) / parsed.location
     else:
         directory = Path(parsed.location).expanduser()
     return _checked_model_dir(source, directory)

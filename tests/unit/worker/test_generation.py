@@ -78,3 +78,18 @@ def test_a_request_that_can_never_fit_is_refused(tiny_qwen3_dir):
 def test_explicit_max_model_len_beyond_the_pool_is_an_error(tiny_qwen3_dir):
     with pytest.raises(ValueError, match="exceeds what the KV pool holds"):
         LLM(model=str(tiny_qwen3_dir), kernels="torch", num_kv_blocks=4, block_size=16, max_model_len=100)
+
+
+def test_paging_wastes_at_most_one_partial_block_per_sequence(tiny_qwen3_dir, prompts):
+    llm = LLM(model=str(tiny_qwen3_dir), kernels="torch", block_size=8, max_num_batched_tokens=40)
+    engine = llm.engine
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, GREEDY)
+    steps = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        steps += 1
+        for seq in engine.scheduler.running:
+            reserved = len(seq.block_table) * engine.config.block_size
+            assert 0 <= reserved - seq.num_computed_tokens < engine.config.block_size
+    assert steps > len(prompts)  # chunked prefill and decoding really went through many steps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -41,7 +43,8 @@ def test_pvc_source_resolves_under_the_mount_root(monkeypatch, tmp_path):
     monkeypatch.setenv("MILI_PVC_ROOT", str(tmp_path))
     model = _model_dir(tmp_path / "weights" / "qwen3" / "0.6b")
     assert resolve_model_source("pvc://weights/qwen3/0.6b") == model.resolve()
-    assert parse_model_source("pvc://weights/qwen3/0.6b/") == ModelSource("pvc", "weights/qwen3/0.6b")
+    parsed = parse_model_source("pvc://weights/qwen3/0.6b/")
+    assert (parsed.scheme, parsed.claim, parsed.location) == ("pvc", "weights", "qwen3/0.6b")
 
 
 def test_pvc_root_defaults_to_models(monkeypatch):
@@ -65,7 +68,7 @@ def test_pvc_root_defaults_to_models(monkeypatch):
     ],
 )
 def test_parse_splits_each_form(source, expected):
-    assert parse_model_source(source) == expected
+    assert parse_model_source(source) == dataclasses.replace(expected, uri=source)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +80,7 @@ def test_parse_splits_each_form(source, expected):
         ("hf://only-a-name", "ORG/NAME"),
         ("hf://a/b/c", "ORG/NAME"),
         ("hf://org/name@", "revision"),
-        ("pvc://Bad_Claim/x", "claim name"),
+        ("pvc://Bad_Claim/x", "PersistentVolumeClaim name"),
         ("pvc://claim/../etc", "'..'"),
         ("file://relative/path", "absolute path"),
         ("builtin:", "model name"),

@@ -1,0 +1,103 @@
+"""A real Prometheus on loopback whose scrape targets come from a file (file-based service discovery).
+
+The pod runner writes the file; each target carries the labels the shipped Kubernetes relabeling gives
+a worker pod (`namespace`, `mili_deployment`, `pod`), so PromQL written for a cluster works unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mili_testing import require_binary
+
+SCRAPE_INTERVAL = "1s"
+
+
+def write_config(path: Path, targets_file: Path) -> None:
+    """A one-job config: every target in ``targets_file``, scraped every second."""
+    config = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [
+            {
+                "job_name": "mili-workers",
+                "scrape_interval": SCRAPE_INTERVAL,
+                "scrape_timeout": SCRAPE_INTERVAL,
+                "metrics_path": "/metrics",
+                "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": SCRAPE_INTERVAL}],
+            }
+        ],
+    }
+    path.write_text(json.dumps(config, indent=2))  # YAML is a superset of JSON
+
+
+def write_targets(path: Path, targets: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+    """Replace the file-SD target list atomically: ``[(host:port, labels), ...]``."""
+    groups = [{"targets": [address], "labels": dict(labels)} for address, labels in targets]
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(groups, indent=2))
+    os.replace(staging, path)
+
+
+class PrometheusServer:
+    """`prometheus` as a subprocess on 127.0.0.1:``port``, storage and log under ``workdir``."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.targets_file = workdir / "targets.json"
+        self.log_path = workdir / "prometheus.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        binary = require_binary("prometheus")
+        write_targets(self.targets_file, [])
+        config = self.workdir / "prometheus.yml"
+        write_config(config, self.targets_file)
+        command = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--storage.tsdb.retention.time=1h",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus did not become ready:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's result vector (raises on a query error)."""
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
+        response.raise_for_status()
+        body = response.json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus query {expr!r} failed: {body}")
+        return body["data"]["result"]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
