@@ -15,7 +15,6 @@ validate a spec); ``resolve_model_source`` also fetches or converts and returns 
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import re
 from dataclasses import dataclass
