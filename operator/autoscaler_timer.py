@@ -215,8 +215,7 @@ def reconcile_lock(memo: kopf.Memo) -> LockFor:
 
     def lock_for(namespace: str, name: str) -> contextlib.AbstractAsyncContextManager[Any]:
         reconciler = getattr(memo, "reconciler", None)
-        locks = getattr(reconciler, "_locks", None)
-        return locks[(namespace, name)] if locks is not None else contextlib.nullcontext()
+        return reconciler.lock(namespace, name) if reconciler is not None else contextlib.nullcontext()
 
     return lock_for
 

@@ -14,7 +14,7 @@ from mili.operator.config import OperatorConfig, parse_config
 
 # Modules whose import registers Kopf handlers. A new concern (e.g. the autoscaler timer) is a new
 # module added here, not a flag threaded through the existing handlers.
-HANDLER_MODULES: tuple[str, ...] = ("mili.operator.handlers",)
+HANDLER_MODULES: tuple[str, ...] = ("mili.operator.handlers", "mili.operator.autoscaler_timer")
 
 ANNOTATION_PREFIX = "mili.dev"
 

@@ -65,9 +65,13 @@ class Reconciler:
             asyncio.Lock
         )
 
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        """The per-object lock every read-modify-write of one MiliDeployment's status holds."""
+        return self._locks[(namespace, name)]
+
     async def reconcile(self, namespace: str, name: str, trigger: str = "request") -> list[Notice]:
         """Bring the children and status of one MiliDeployment up to date; returns the Events posted."""
-        async with self._locks[(namespace, name)]:
+        async with self.lock(namespace, name):
             parent = await self.kube.get(milideployment_path(namespace, name))
             if parent is None or parent.get("metadata", {}).get("deletionTimestamp"):
                 return []

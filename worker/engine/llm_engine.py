@@ -111,15 +111,22 @@ class LLMEngine:
                 f"limit of {self.max_model_len} tokens"
             )
 
-    def abort_request(self, request_id: str) -> None:
-        """Stop a request wherever it is and release its blocks (unknown ids are ignored)."""
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request wherever it is and release its blocks; returns its final output
+        (unfinished samples end with finish_reason "abort"), or None for an unknown id."""
         request = self.requests.pop(request_id, None)
         if request is None:
-            return
+            return None
         for seq in request.seqs:
             if not seq.is_finished:
                 seq.finish_reason = seq.finish_reason or "abort"
                 self._finish(seq)
+        request.metrics.finished_time = time.monotonic()
+        return request.output()
+
+    def running_request_ids(self) -> set[str]:
+        """Requests with a sequence in the running batch (what a failed step was computing)."""
+        return {seq.request_id for seq in self.scheduler.running}
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)

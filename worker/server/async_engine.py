@@ -264,20 +264,19 @@ class AsyncEngine:
         self._call_soon(_settle, command.accepted, None)
 
     def _abort(self, engine: LLMEngine, request_id: str, notify: bool = True, reason: str = "abort") -> None:
-        request = engine.requests.get(request_id)
-        if request is None:
+        output = engine.abort_request(request_id)
+        if output is None:
             return
-        engine.abort_request(request_id)
-        self.metrics.observe_end(request_id, reason, request.metrics.arrival_time, time.monotonic())
+        self.metrics.observe_end(request_id, reason, output.metrics.arrival_time, time.monotonic())
         logger.info("request %s ended: %s", request_id, reason)
         if notify:
-            self._deliver([(request_id, request.output())])
+            self._deliver([(request_id, output)])
 
     def _step(self, engine: LLMEngine) -> None:
         try:
             outputs = engine.step()
         except Exception as error:
-            running = {seq.request_id for seq in engine.scheduler.running} or set(engine.requests)
+            running = engine.running_request_ids() or set(engine.requests)
             logger.exception("engine step failed; failing the %d request(s) it was running", len(running))
             failure = RequestFailed(f"the engine failed while running this request: {type(error).__name__}")
             for request_id in running:

@@ -10,8 +10,8 @@ replica's container command and args as a local process, the way a node would ru
 - environment from the container spec (`value` and `secretKeyRef`), volume paths mapped to per-pod
   directories (an `emptyDir` starts with the node's model cache linked in, like the worker image's
   baked-in builtin model);
-- Prometheus targets written for file-based discovery with the labels the cluster's relabeling gives
-  (`namespace`, `mili_deployment`, `pod`);
+- Prometheus targets written for file-based discovery, the ready pods only, with the labels the shipped
+  relabeling (manifests/prometheus/prometheus.yml) gives: `namespace`, `mili_deployment`, `pod`;
 - owner references honoured like Kubernetes' garbage collector: a Deployment or Service whose owning
   MiliDeployment is gone is deleted (and its pods stopped).
 
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from e2e.harness.prometheus_server import write_targets
 
 logger = logging.getLogger(__name__)
@@ -54,12 +53,20 @@ class Pod:
     deployment: str
     template_hash: str
     port: int
-    process: subprocess.Popen[bytes]
+    command: list[str]
+    env: dict[str, str]
     log_path: Path
+    labels: dict[str, str]
+    process: subprocess.Popen[bytes] = field(init=False)
     ready: bool = False
     restarts: int = 0
-    command: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+
+    def spawn(self) -> None:
+        """Start (or restart) the container's process."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     @property
     def url(self) -> str:
@@ -248,17 +255,11 @@ class PodRunner:
         resolved = shutil.which(executable, path=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
         command = [resolved or executable, *rest, *rewrite_args(container.get("args") or [], port)]
         env = {**os.environ, **self._container_env(container, mounts)}
-        pod = Pod(name, deployment, digest, port, None, pod_dir / "container.log", command=command, env=env)  # type: ignore[arg-type]
-        pod.process = self._spawn(pod)
+        labels = dict((template.get("metadata") or {}).get("labels") or {})
+        pod = Pod(name, deployment, digest, port, command, env, pod_dir / "container.log", labels)
+        pod.spawn()
         logger.info("started pod %s on port %d", name, port)
         return pod
-
-    @staticmethod
-    def _spawn(pod: Pod) -> subprocess.Popen[bytes]:
-        with pod.log_path.open("ab") as log:
-            return subprocess.Popen(
-                pod.command, env=pod.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
 
     def _volume_dirs(
         self, template: dict[str, Any], container: dict[str, Any], pod_dir: Path
@@ -306,7 +307,7 @@ class PodRunner:
             logger.warning("pod %s exited with %s; restarting", pod.name, pod.process.returncode)
             pod.ready = False
             pod.restarts += 1
-            pod.process = self._spawn(pod)
+            pod.spawn()
             return
         (container,) = template["spec"]["containers"]
         probe = (container.get("readinessProbe") or {}).get("httpGet") or {"path": "/ready"}
@@ -333,10 +334,15 @@ class PodRunner:
             targets = [
                 (
                     f"127.0.0.1:{pod.port}",
-                    {"namespace": self.namespace, "mili_deployment": pod.deployment, "pod": pod.name},
+                    {
+                        "namespace": self.namespace,
+                        "mili_deployment": pod.labels.get(DEPLOYMENT_LABEL, pod.deployment),
+                        "pod": pod.name,
+                    },
                 )
                 for pods in self.pods.values()
                 for pod in pods
+                if pod.ready  # the shipped relabeling keeps ready pods only
             ]
         if targets != self._published_targets:
             write_targets(self.targets_file, targets)

@@ -1,7 +1,7 @@
 """A real Prometheus on loopback whose scrape targets come from a file (file-based service discovery).
 
-The pod runner writes the file; each target carries the labels the shipped Kubernetes relabeling gives
-a worker pod (`namespace`, `mili_deployment`, `pod`), so PromQL written for a cluster works unchanged.
+The pod runner writes the workers' file; each target carries the labels the shipped Kubernetes
+relabeling gives a worker pod (`namespace`, `mili_deployment`, `pod`), so the cluster's PromQL works.
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ from mili_testing import require_binary
 SCRAPE_INTERVAL = "1s"
 
 
-def write_config(path: Path, targets_file: Path) -> None:
-    """A one-job config: every target in ``targets_file``, scraped every second."""
+def write_config(path: Path, targets_file: Path, operator_targets_file: Path) -> None:
+    """The shipped config's two jobs, workers and operator, each from its targets file, every second."""
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [
             {
-                "job_name": "mili-workers",
+                "job_name": job,
+                "honor_labels": job == "mili-operator",  # as in manifests/prometheus/prometheus.yml
                 "scrape_interval": SCRAPE_INTERVAL,
                 "scrape_timeout": SCRAPE_INTERVAL,
-                "metrics_path": "/metrics",
-                "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": SCRAPE_INTERVAL}],
+                "file_sd_configs": [{"files": [str(path)], "refresh_interval": SCRAPE_INTERVAL}],
             }
+            for job, path in (("mili-workers", targets_file), ("mili-operator", operator_targets_file))
         ],
     }
     path.write_text(json.dumps(config, indent=2))  # YAML is a superset of JSON
@@ -54,14 +55,16 @@ class PrometheusServer:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.targets_file = workdir / "targets.json"
+        self.operator_targets_file = workdir / "operator-targets.json"
         self.log_path = workdir / "prometheus.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         binary = require_binary("prometheus")
         write_targets(self.targets_file, [])
+        write_targets(self.operator_targets_file, [])
         config = self.workdir / "prometheus.yml"
-        write_config(config, self.targets_file)
+        write_config(config, self.targets_file, self.operator_targets_file)
         command = [
             binary,
             f"--config.file={config}",

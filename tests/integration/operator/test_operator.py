@@ -164,7 +164,9 @@ def test_a_bad_spec_is_degraded_with_an_event_naming_the_field(api, operator, wa
         "Degraded=True",
     )
     assert degraded["reason"] == "InvalidSpec"
-    assert degraded["message"].startswith("spec.model.source: 'ftp://example.com/model' is not one of")
+    assert degraded["message"].startswith(
+        "spec.model.source: model source 'ftp://example.com/model': unknown scheme"
+    )
     (event,) = wait_for(lambda: events_about(api, "broken", "InvalidSpec"), "an InvalidSpec Event")
     assert event["type"] == "Warning" and "spec.model.source" in event["message"]
     assert api.get(api.deployment_path("broken")) is None
@@ -209,6 +211,11 @@ def test_a_restarted_operator_changes_nothing(api, cluster, operator, wait_for):
     children = [(r, n) for n in names for r in ("apps/v1/deployments", "v1/services") if n != "broken"]
     for name in names:  # let every object settle first: nothing pending from the earlier tests
         wait_for(lambda name=name: condition(api.get(api.md_path(name)), "Degraded"), f"{name} status")
+        if (api.get(api.md_path(name))["spec"].get("autoscaling") or {}).get("enabled"):
+            wait_for(
+                lambda name=name: condition(api.get(api.md_path(name)), "ScalingActive"),
+                f"{name}'s first autoscaling round",
+            )
     before_children = {key: cluster.versions(*key) for key in children}
     before_status = {name: api.get(api.md_path(name))["status"] for name in names}
     before_specs = {name: api.get(api.md_path(name))["spec"] for name in names}

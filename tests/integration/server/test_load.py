@@ -80,10 +80,12 @@ async def stream_then_leave(client: httpx.AsyncClient, url: str, started: asynci
     }
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         assert response.status_code == 200
-        async for line in response.aiter_lines():
+        lines = response.aiter_lines()  # held: a dropped line iterator would close the connection early
+        async for line in lines:
             if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
                 break
         await started.wait()
+        await lines.aclose()
     # leaving the block closes the connection mid-stream
 
 
