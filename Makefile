@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint format venv
+.PHONY: serve test test-images e2e lint format venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,14 @@ serve: $(STAMP)
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Builds the operator image and the worker's CPU target with a local Docker engine, then smoke-tests them.
+test-images: $(STAMP)
+	$(VENV)/bin/pytest tests/images $(PYTEST_ARGS)
+
+# The e2e suite on a kind cluster (needs Docker and kind); `make test` runs the same suite in local mode.
+e2e: $(STAMP)
+	PYTHON=$(PYTHON) scripts/e2e-kind.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

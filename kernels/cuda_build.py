@@ -58,6 +58,12 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def image_cache_dirs() -> list[Path]:
+    """Cubins precompiled into an image: ``$MILI_IMAGE_CACHE_DIR/kernels`` when that is set."""
+    baked = os.environ.get("MILI_IMAGE_CACHE_DIR")
+    return [Path(baked) / "kernels"] if baked else []
+
+
 def find_nvcc() -> str:
     """nvcc from ``$MILI_NVCC``, PATH, or ``$CUDA_HOME/bin``; KernelBuildError when there is none."""
     candidates = [
@@ -159,7 +165,7 @@ def find_cubins(arch: str, search_dirs: Sequence[Path] = ()) -> dict[str, Path]:
     # newest cubin per source wins).
     found: dict[str, Path] = {}
     for source in kernel_sources():
-        for directory in [cache_dir(), *search_dirs]:
+        for directory in [cache_dir(), *image_cache_dirs(), *search_dirs]:
             matches = sorted(
                 Path(directory).glob(f"{source.stem}-{arch}-*.cubin"), key=lambda p: p.stat().st_mtime
             )

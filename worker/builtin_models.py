@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mili.worker.model_source import cache_root
+from mili.worker.model_source import cache_root, image_cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ def ensure_builtin_model(name: str) -> Path:
     if name not in BUILTIN_MODELS:
         raise BuiltinModelError(f"unknown builtin model {name!r}; builtin models: {sorted(BUILTIN_MODELS)}")
     model = BUILTIN_MODELS[name]
+    baked = image_cache_root()
+    if baked is not None and _is_current(baked / "builtin" / name):
+        return baked / "builtin" / name
     target = cache_root() / "builtin" / name
     if _is_current(target):
         return target

@@ -53,6 +53,13 @@ def cache_root() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "mili"
 
 
+def image_cache_root() -> Path | None:
+    """Read-only cache baked into an image (``$MILI_IMAGE_CACHE_DIR``): converted builtin models and
+    precompiled cubins, consulted before the writable ``cache_root()``."""
+    configured = os.environ.get("MILI_IMAGE_CACHE_DIR")
+    return Path(configured) if configured else None
+
+
 def pvc_root() -> Path:
     """Where PersistentVolumeClaims are mounted in a worker pod: ``$MILI_PVC_ROOT``, else ``/models``."""
     return Path(os.environ.get("MILI_PVC_ROOT") or DEFAULT_PVC_ROOT)

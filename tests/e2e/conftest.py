@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e.harness.cluster import E2ECluster
 
+from e2e.harness.cluster import E2ECluster
 from mili_testing import require_binary
 
 MODES = ("local", "kind")

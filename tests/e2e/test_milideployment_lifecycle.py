@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
 from e2e.harness.cluster import ROOT, E2ECluster, condition, kustomize, wait_for
 
 SAMPLE_DIR = ROOT / "manifests" / "samples" / "cpu"

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from images.docker_engine import DockerEngine, connect_or_start, ensure_base_image, make_build_context
 
+from images.docker_engine import DockerEngine, connect_or_start, ensure_base_image, make_build_context
 from mili_testing import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -92,7 +92,8 @@ def connect_or_start(docker: str, dockerd: str | None, timeout: float = 60) -> D
         "--iptables=false",
         "--bridge=none",
         f"--data-root={state / 'data'}",
-        f"--exec-root={tempfile.mkdtemp(prefix='mili-dx-')}",
+        # Short and fixed: containerd's sockets live here (socket paths are limited to 107 bytes).
+        f"--exec-root={Path(tempfile.gettempdir()) / f'mili-dx-{os.getuid()}'}",
         f"--pidfile={state / 'docker.pid'}",
         f"--host={host}",
     ]

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
 from e2e.harness.cluster import ROOT, kustomize
 from e2e.harness.local_cluster import operator_harness
 from images.docker_engine import DockerEngine

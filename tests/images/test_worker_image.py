@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+
 from e2e.harness.local_cluster import operator_harness
 from images.docker_engine import DockerEngine
 

@@ -15,10 +15,10 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+
 from e2e.harness.cluster import ROOT
 from e2e.harness.pod_runner import PodRunner
 from e2e.harness.prometheus_server import PrometheusServer, write_targets
-
 from mili.worker.builtin_models import ensure_builtin_model
 from mili.worker.model_source import cache_root
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from e2e.harness.prometheus_server import write_targets
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,6 @@ class PodRunner:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pod-runner", daemon=True)
         self._published_targets: list[tuple[str, dict[str, str]]] | None = None
-        self._published_status: dict[str, dict[str, Any]] = {}
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -180,7 +180,6 @@ class PodRunner:
             for name in set(self.pods) - set(live):  # Deployment deleted: its pods go
                 for pod in self.pods.pop(name):
                     self._stop_pod(pod)
-                self._published_status.pop(name, None)
         for name, deployment in live.items():
             self._sync_deployment(name, deployment)
         self._publish_targets()
@@ -234,13 +233,13 @@ class PodRunner:
                 "reason": "MinimumReplicasAvailable",
             }
         ]
-        if self._published_status.get(name) != status:
+        live = deployment.get("status") or {}
+        if any(live.get(key) != value for key, value in status.items()):  # level-based, like the kubelet
             self.http.patch(
                 f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/status",
                 json={"status": status},
                 headers={"Content-Type": "application/merge-patch+json"},
             ).raise_for_status()
-            self._published_status[name] = status
 
     # --- pods -------------------------------------------------------------------------------------
 

@@ -216,3 +216,16 @@ def test_concurrent_callers_convert_once(monkeypatch, fake_builtin):
         thread.join()
     assert len(set(results)) == 1 and len(results) == 4
     assert len(fake_builtin) == 1
+
+
+def test_a_model_baked_into_the_image_cache_is_used_without_converting(smollm2_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from mili.worker.builtin_models import ensure_builtin_model
+
+    baked = tmp_path / "image-cache"
+    shutil.copytree(smollm2_dir, baked / "builtin" / smollm2_dir.name)
+    monkeypatch.setenv("MILI_IMAGE_CACHE_DIR", str(baked))
+    monkeypatch.setenv("MILI_CACHE_DIR", str(tmp_path / "empty-writable-cache"))
+    assert ensure_builtin_model(smollm2_dir.name) == baked / "builtin" / smollm2_dir.name
+    assert not (tmp_path / "empty-writable-cache").exists()
