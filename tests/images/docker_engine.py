@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mili_testing import stop_process
+
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
@@ -64,13 +66,7 @@ class DockerEngine:
 
     def stop(self) -> None:
         """Stop the daemon if this process started it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, grace=30)
 
 
 def connect_or_start(docker: str, dockerd: str | None, timeout: float = 60) -> DockerEngine:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import yaml
+
+from mili_testing import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
@@ -50,16 +51,7 @@ class E2ECluster(Protocol):
 
 def wait_for(condition: Callable[[], T], what: str, timeout: float, diagnostics: Callable[[], str]) -> T:
     """Poll ``condition`` until it returns something truthy; fail with ``diagnostics()`` after ``timeout``."""
-    import pytest
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{diagnostics()}")
-        time.sleep(0.25)
+    return wait_until(condition, what, timeout, interval=0.25, diagnostics=diagnostics)
 
 
 def kustomize(path: Path) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import yaml
 
+from mili_testing import stop_process
+
 SYSTEM_NAMESPACE = "mili-system"
 PROMETHEUS_SERVICE = "svc/prometheus"
 WORKER_PORT = 8000
@@ -41,9 +43,7 @@ class PortForward:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        stop_process(self.process, grace=10)
 
 
 class KindCluster:

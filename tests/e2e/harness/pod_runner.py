@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import uuid
@@ -38,6 +37,7 @@ from typing import Any
 import httpx
 
 from e2e.harness.prometheus_server import write_targets
+from mili_testing import stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -317,13 +317,7 @@ class PodRunner:
 
     def _stop_pod(self, pod: Pod) -> None:
         """SIGTERM, then SIGKILL after the grace period (like a pod deletion)."""
-        if pod.process.poll() is None:
-            pod.process.send_signal(signal.SIGTERM)
-            try:
-                pod.process.wait(30)
-            except subprocess.TimeoutExpired:
-                pod.process.kill()
-                pod.process.wait(5)
+        stop_process(pod.process, grace=30)
         pod.ready = False
         self.stopped_pods.append(pod)
         logger.info("stopped pod %s", pod.name)

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from mili_testing import require_binary
+from mili_testing import require_binary, stop_process
 
 SCRAPE_INTERVAL = "1s"
 
@@ -96,11 +96,5 @@ class PrometheusServer:
         return body["data"]["result"]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, grace=10)
         self.process = None

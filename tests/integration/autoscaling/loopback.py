@@ -16,8 +16,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from mili_testing import require_binary
+from mili_testing import free_port, require_binary, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_CONFIG = ROOT / "manifests" / "prometheus" / "prometheus.yml"
@@ -37,26 +35,6 @@ READY_TIMEOUT = 90.0
 
 WORKER_JOB = "mili-workers"
 OPERATOR_JOB = "mili-operator"
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pod_target(
@@ -139,13 +117,7 @@ class Worker:
         wait_until(ready, f"mili serve on {self.address} to be ready", timeout=READY_TIMEOUT)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 class PrometheusServer:
@@ -193,13 +165,7 @@ class PrometheusServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
     def api(self, path: str, **params: Any) -> Any:
         """GET /api/v1/PATH; the ``data`` of a successful answer (fails the test otherwise)."""

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +19,8 @@ from typing import Any, TypeVar
 import httpx
 import kmock
 import pytest
+
+from mili_testing import free_port, stop_process, wait_until
 
 NAMESPACE = "mili-test"
 MILI_RESOURCE = "mili.dev/v1alpha1/milideployments"
@@ -171,20 +171,7 @@ class Api:
 
 def wait_for(condition: Callable[[], T], what: str, timeout: float = DEADLINE_SECONDS) -> T:
     """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return wait_until(condition, what, timeout)
 
 
 class OperatorProcess:
@@ -228,13 +215,7 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self.process = None
 
     def metrics(self) -> str:

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mili.worker.config import EngineConfig
 from mili.worker.server import create_app
 from mili.worker.server.async_engine import AsyncEngine
+from mili_testing import wait_until
 
 SERVED_NAME = "tiny"
 READY_TIMEOUT_S = 120.0
@@ -75,16 +76,9 @@ class RunningServer:
         return self.metrics().get(key, 0.0)
 
 
-def wait_until(condition, timeout: float, message: str, interval: float = 0.05):
-    """Poll ``condition`` until it returns something truthy; fail with ``message`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s: {message}")
-        time.sleep(interval)
+def poll_until(condition, timeout: float, message: str, interval: float = 0.05):
+    """`wait_until` with the argument order the server tests read best: (condition, timeout, message)."""
+    return wait_until(condition, message, timeout, interval)
 
 
 @pytest.fixture(scope="session")
@@ -121,4 +115,4 @@ def server(start_server, tiny_config) -> RunningServer:
 @pytest.fixture(scope="session")
 def poll():
     """``poll(condition, timeout, message)``: wait for a real condition, failing at the deadline."""
-    return wait_until
+    return poll_until

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -11,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mili_testing import require_binary
+from mili_testing import free_port, require_binary
 
 # DESIGN.md "Metrics": name -> (type, labels besides model_name)
 WORKER_METRICS = {
@@ -78,12 +77,6 @@ def test_promtool_accepts_the_exposition(server):
     exposition = httpx.get(f"{server.url}/metrics").content
     check = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
