@@ -76,9 +76,18 @@ class BlockManager:
         seq.block_table = [node.block_id for node in chain]
         seq.num_computed_tokens = seq.num_cached_tokens = len(chain) * self.block_size
         self._cursors[seq.seq_id] = _InsertCursor(chain[-1] if chain else self.prefix_cache.root, len(chain))
+        return seq.num_cached_tokens
+
+    def cached_prefix_blocks(self, seq: Sequence) -> int:
+        """How many leading blocks of ``seq`` `match_prefix` would share now (takes no reference)."""
+        if self.prefix_cache is None:
+            return 0
+        return len(self.prefix_cache.match(seq.token_ids, (len(seq) - 1) // self.block_size))
+
+    def record_admission(self, seq: Sequence) -> None:
+        """Count an admitted sequence's prompt in the prefix-cache counters (tokens queried, tokens hit)."""
         self.stats.queried_tokens += len(seq)
         self.stats.hit_tokens += seq.num_cached_tokens
-        return seq.num_cached_tokens
 
     def allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Grow the block table to hold ``num_new_tokens`` more tokens; False (nothing changed) if short."""

@@ -3,6 +3,11 @@
 Decodes go first (one token each, oldest first), then unfinished prefills, then new sequences; long
 prompts are prefilled in chunks. When the KV pool runs dry, the newest running sequence is preempted
 by recompute: its blocks are released and it returns to the front of the queue.
+
+With prefix caching, a waiting sequence whose next uncached block is being computed in this very step
+by another sequence (same tokens, same prefix) waits one step: it then shares that block instead of
+computing a copy (what SGLang calls in-batch prefix caching). Many requests with one long system
+prompt thus compute it once, not once per request admitted in the same step.
 """
 
 from __future__ import annotations
@@ -81,18 +86,45 @@ class Scheduler:
             budget -= num_tokens
         if self.num_preemptions > preemptions_before:
             return batch  # memory is short: admitting new work now would only thrash
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        in_flight = self._blocks_in_flight(batch.prefills) if self.prefix_caching else set()
+        for seq in list(self.waiting):
+            if budget == 0 or len(self.running) >= self.max_num_seqs:
+                break
+            if self._next_block_in_flight(seq, in_flight):
+                continue  # share it next step instead of computing it twice now; keeps its place
             num_tokens = self._admit(seq, budget)
             if num_tokens == 0:
-                break  # no room: waiting sequences keep their order, none skips ahead
-            self.waiting.popleft()
+                break  # no room: waiting sequences keep their order, none skips ahead for memory
+            self.waiting.remove(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            batch.prefills.append(ScheduledSequence(seq, num_tokens))
+            entry = ScheduledSequence(seq, num_tokens)
+            batch.prefills.append(entry)
+            if self.prefix_caching:
+                in_flight |= self._blocks_in_flight([entry])
             scheduled.add(seq.seq_id)
             budget -= num_tokens
         return batch
+
+    def _blocks_in_flight(self, prefills: list[ScheduledSequence]) -> set[int]:
+        """Chain hashes of the full blocks these prefill chunks compute (whole prefix + block tokens)."""
+        size = self.block_manager.block_size
+        hashes: set[int] = set()
+        for entry in prefills:
+            first = entry.seq.num_computed_tokens // size
+            last = min(-(-(entry.seq.num_computed_tokens + entry.num_tokens) // size), len(entry.seq) // size)
+            hashes.update(block_chain_hashes(entry.seq.token_ids, size, last)[first:])
+        return hashes
+
+    def _next_block_in_flight(self, seq: Sequence, in_flight: set[int]) -> bool:
+        """Whether the first block of ``seq`` that the cache lacks is being computed this step."""
+        if not in_flight or seq.num_computed_tokens:
+            return False
+        size = self.block_manager.block_size
+        cached = self.block_manager.cached_prefix_blocks(seq)
+        if (cached + 1) * size > len(seq) - 1:
+            return False  # no further full block would be shared anyway
+        return block_chain_hashes(seq.token_ids, size, cached + 1)[-1] in in_flight
 
     def _reserve(self, seq: Sequence, num_tokens: int, scheduled: set[int]) -> bool:
         """Find blocks for a running sequence, preempting newer unscheduled ones (or itself) as needed."""
@@ -110,6 +142,7 @@ class Scheduler:
             self.block_manager.match_prefix(seq)
         num_tokens = min(seq.num_uncomputed_tokens, budget)
         if self.block_manager.allocate(seq, num_tokens):
+            self.block_manager.record_admission(seq)
             return num_tokens
         self.block_manager.free(seq)  # give back the prefix it matched; try again next step
         seq.num_cached_tokens = 0
@@ -139,3 +172,13 @@ class Scheduler:
             self.waiting.remove(seq)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
+
+
+def block_chain_hashes(token_ids: list[int], block_size: int, num_blocks: int) -> list[int]:
+    """For each of the first ``num_blocks`` full blocks, a hash of every token up to its end: equal
+    hashes mean equal KV (the same block after the same prefix)."""
+    hashes, running = [], 0
+    for i in range(num_blocks):
+        running = hash((running, tuple(token_ids[i * block_size : (i + 1) * block_size])))
+        hashes.append(running)
+    return hashes

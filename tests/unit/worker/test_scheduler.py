@@ -14,8 +14,10 @@ def make_scheduler(num_blocks: int = 64, block_size: int = 4, **config) -> Sched
     return Scheduler(EngineConfig(**config), BlockManager(num_blocks, block_size))
 
 
-def add(scheduler: Scheduler, name: str, prompt_len: int) -> Sequence:
-    seq = Sequence(name, 0, list(range(1, prompt_len + 1)), SamplingParams())
+def add(scheduler: Scheduler, name: str, prompt_len: int, tokens: list[int] | None = None) -> Sequence:
+    """Queue a sequence; its prompt is distinct per name unless ``tokens`` are given."""
+    first = 1000 * sum(map(ord, name))
+    seq = Sequence(name, 0, tokens or list(range(first, first + prompt_len)), SamplingParams())
     scheduler.add(seq)
     return seq
 
@@ -80,3 +82,19 @@ def test_finish_releases_a_sequence_wherever_it_is():
         assert seq.status is SequenceStatus.FINISHED and seq.block_table == []
     assert not scheduler.has_work()
     assert all(count == 0 for count in scheduler.block_manager.ref_counts)
+
+
+def test_a_prefix_being_computed_is_shared_next_step_not_computed_twice():
+    scheduler = make_scheduler(max_num_batched_tokens=64)
+    system_prompt = list(range(1, 21))  # 5 full blocks of 4
+    first = add(scheduler, "first", 0, [*system_prompt, 100, 101])
+    second = add(scheduler, "second", 0, [*system_prompt, 200, 201])
+    other = add(scheduler, "other", 6)
+    batch = scheduler.schedule()
+    assert [e.seq for e in batch.prefills] == [first, other]  # second waits, keeping its place
+    assert list(scheduler.waiting) == [second]
+    finish_step(scheduler, batch)
+    batch = scheduler.schedule()
+    assert [(e.seq, e.num_tokens) for e in batch.prefills] == [(second, 2)]  # 20 tokens shared
+    assert second.num_cached_tokens == 20
+    assert scheduler.block_manager.stats.hit_tokens == 20
