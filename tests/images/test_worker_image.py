@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from e2e.harness.local_cluster import operator_harness
 from images.docker_engine import DockerEngine
+from mili_testing import free_port
 
 READY_TIMEOUT = 180.0
 SERVED_NAME = "smollm2-135m-instruct"
@@ -20,7 +20,7 @@ SERVED_NAME = "smollm2-135m-instruct"
 @pytest.fixture(scope="module")
 def worker(docker: DockerEngine, worker_cpu_image: str) -> Iterator[tuple[str, str]]:
     """The image's own command with loopback flags: (base URL, container name)."""
-    port = operator_harness().free_port()
+    port = free_port()
     name = f"mili-worker-test-{uuid.uuid4().hex[:8]}"
     docker.run(
         "run", "--detach", "--name", name, "--network", "host", worker_cpu_image, "serve",

@@ -8,24 +8,9 @@ from typing import Any
 
 import pytest
 from integration.autoscaling.loopback import DEPLOYMENT, NAMESPACE, OPERATOR_JOB, free_port, pod_target
-from integration.operator.conftest import Api, EmulatedCluster, OperatorProcess, wait_for
+from integration.operator.conftest import Api, OperatorProcess, wait_for
 
 OPERATOR_ENVIRONMENT = {"MILI_AUTOSCALING_WINDOW": "4s", "MILI_PROMETHEUS_TIMEOUT": "2"}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[EmulatedCluster]:
-    emulated = EmulatedCluster()
-    emulated.start()
-    yield emulated
-    emulated.stop()
-
-
-@pytest.fixture(scope="module")
-def api(cluster: EmulatedCluster) -> Iterator[Api]:
-    client = Api(cluster.url)
-    yield client
-    client.http.close()
 
 
 @pytest.fixture(scope="module")

@@ -223,21 +223,6 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[EmulatedCluster]:
-    emulated = EmulatedCluster()
-    emulated.start()
-    yield emulated
-    emulated.stop()
-
-
-@pytest.fixture(scope="module")
-def api(cluster: EmulatedCluster) -> Iterator[Api]:
-    client = Api(cluster.url)
-    yield client
-    client.http.close()
-
-
-@pytest.fixture(scope="module")
 def operator(cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     workdir = tmp_path_factory.mktemp("operator")
     process = OperatorProcess(cluster.write_kubeconfig(workdir / "kubeconfig"), workdir / "operator.log")
