@@ -1,1 +1,1 @@
-"""MILI."""
+"""The engine core: sequences, block bookkeeping, radix prefix cache, scheduler, sampler, model runner."""
