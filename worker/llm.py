@@ -12,6 +12,7 @@ from mili.worker.engine.llm_engine import LLMEngine
 from mili.worker.engine.request import RequestOutput
 from mili.worker.model_source import DEFAULT_MODEL
 from mili.worker.sampling_params import SamplingParams
+from mili.worker.tokenizer import Tokenizer
 
 
 class LLM:
@@ -22,7 +23,7 @@ class LLM:
         self._ids = itertools.count()
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
 
     def generate(

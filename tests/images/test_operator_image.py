@@ -8,13 +8,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from e2e.harness.cluster import ROOT, kustomize
 from e2e.harness.local_cluster import operator_harness
 from images.docker_engine import DockerEngine
+from mili_testing import answers_ok
 
 DEADLINE = 60.0
 
@@ -62,16 +62,9 @@ def wait_until(condition, what: str, docker: DockerEngine, name: str) -> Any:
     return value
 
 
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_operator_container_reconciles_the_cpu_sample(docker: DockerEngine, emulated, operator_container):
     url, name = operator_container
-    wait_until(lambda: healthy(url), "the operator's /healthz", docker, name)
+    wait_until(lambda: answers_ok(url), "the operator's /healthz", docker, name)
     harness = operator_harness()
     api = harness.Api(emulated.url)
     (sample,) = [doc for doc in kustomize(ROOT / "manifests/samples/cpu") if doc["kind"] == "MiliDeployment"]

@@ -6,12 +6,11 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
 
 from images.docker_engine import DockerEngine
-from mili_testing import free_port
+from mili_testing import answers_ok, free_port
 
 READY_TIMEOUT = 180.0
 SERVED_NAME = "smollm2-135m-instruct"
@@ -46,11 +45,8 @@ def test_worker_container_becomes_ready_without_converting_the_model(docker: Doc
     url, name = worker
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
+        if answers_ok(f"{url}/ready"):
+            break
         state = docker.run("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
         if state != "true" or time.monotonic() > deadline:
             pytest.fail(f"worker container not ready (running={state}):\n{container_logs(docker, name)}")

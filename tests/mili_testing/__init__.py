@@ -8,8 +8,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 
 CI_STRICT = os.environ.get("MILI_CI_STRICT") == "1"
@@ -64,3 +66,18 @@ def stop_process(process: subprocess.Popen | None, grace: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+
+
+def answers_ok(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``GET url`` answers 200 now; a refused or timed-out connection is just "not yet"."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def fail_if_exited(process: subprocess.Popen | None, what: str, log_path: Path) -> None:
+    """Fail the test at once, with the log's tail, when a process it waits on has died."""
+    if process is not None and process.poll() is not None:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        pytest.fail(f"{what} exited with {process.returncode}:\n{tail}")

@@ -69,8 +69,7 @@ class BlockManager:
         assert not seq.block_table and seq.num_computed_tokens == 0
         if self.prefix_cache is None:
             return 0
-        max_blocks = (len(seq) - 1) // self.block_size
-        chain = self.prefix_cache.match(seq.token_ids, max_blocks)
+        chain = self.prefix_cache.match(seq.token_ids, self._shareable_blocks(seq))
         for node in chain:
             self._ref(node.block_id)
         seq.block_table = [node.block_id for node in chain]
@@ -82,7 +81,11 @@ class BlockManager:
         """How many leading blocks of ``seq`` `match_prefix` would share now (takes no reference)."""
         if self.prefix_cache is None:
             return 0
-        return len(self.prefix_cache.match(seq.token_ids, (len(seq) - 1) // self.block_size))
+        return len(self.prefix_cache.match(seq.token_ids, self._shareable_blocks(seq)))
+
+    def _shareable_blocks(self, seq: Sequence) -> int:
+        """Full blocks a new sequence may take from the cache: all but the one holding its last token."""
+        return (len(seq) - 1) // self.block_size
 
     def record_admission(self, seq: Sequence) -> None:
         """Count an admitted sequence's prompt in the prefix-cache counters (tokens queried, tokens hit)."""

@@ -53,8 +53,7 @@ class ModelRunner:
     @property
     def bytes_per_block(self) -> int:
         mc = self.model_config
-        element = torch.tensor([], dtype=self.dtype).element_size()
-        return 2 * mc.num_layers * self.block_size * mc.num_kv_heads * mc.head_dim * element
+        return 2 * mc.num_layers * self.block_size * mc.num_kv_heads * mc.head_dim * self.dtype.itemsize
 
     def _size_kv_pool(self) -> int:
         if self.config.num_kv_blocks is not None:

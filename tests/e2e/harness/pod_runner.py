@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from e2e.harness.prometheus_server import write_targets
-from mili_testing import stop_process
+from mili_testing import answers_ok, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -310,10 +310,7 @@ class PodRunner:
             return
         (container,) = template["spec"]["containers"]
         probe = (container.get("readinessProbe") or {}).get("httpGet") or {"path": "/ready"}
-        try:
-            pod.ready = httpx.get(f"{pod.url}{probe['path']}", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            pod.ready = False
+        pod.ready = answers_ok(f"{pod.url}{probe['path']}", timeout=1)
 
     def _stop_pod(self, pod: Pod) -> None:
         """SIGTERM, then SIGKILL after the grace period (like a pod deletion)."""

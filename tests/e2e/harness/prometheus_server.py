@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from mili_testing import require_binary, stop_process
+from mili_testing import answers_ok, require_binary, stop_process
 
 SCRAPE_INTERVAL = "1s"
 
@@ -81,10 +81,7 @@ class PrometheusServer:
             time.sleep(0.1)
 
     def _ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return answers_ok(f"{self.url}/-/ready", timeout=1)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query's result vector (raises on a query error)."""

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
-from mili_testing import free_port, require_binary, stop_process, wait_until
+from mili_testing import answers_ok, fail_if_exited, free_port, require_binary, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_CONFIG = ROOT / "manifests" / "prometheus" / "prometheus.yml"
@@ -105,14 +104,8 @@ class Worker:
 
     def wait_ready(self) -> None:
         def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                pytest.fail(
-                    f"mili serve exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}"
-                )
-            try:
-                return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
+            fail_if_exited(self.process, "mili serve", self.log_path)
+            return answers_ok(f"{self.url}/ready")
 
         wait_until(ready, f"mili serve on {self.address} to be ready", timeout=READY_TIMEOUT)
 
@@ -154,12 +147,8 @@ class PrometheusServer:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
         def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                pytest.fail(f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
+            fail_if_exited(self.process, "prometheus", self.workdir / "prometheus.log")
+            return answers_ok(f"{self.url}/-/ready")
 
         wait_until(ready, "Prometheus to be ready")
         return self

@@ -20,7 +20,7 @@ import httpx
 import kmock
 import pytest
 
-from mili_testing import free_port, stop_process, wait_until
+from mili_testing import answers_ok, fail_if_exited, free_port, stop_process, wait_until
 
 NAMESPACE = "mili-test"
 MILI_RESOURCE = "mili.dev/v1alpha1/milideployments"
@@ -204,12 +204,8 @@ class OperatorProcess:
         wait_for(self._live, "the operator's liveness endpoint", timeout=30)
 
     def _live(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            pytest.fail(f"mili-operator exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        fail_if_exited(self.process, "mili-operator", self.log_path)
+        return answers_ok(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mili.worker.config import EngineConfig
 from mili.worker.server import create_app
 from mili.worker.server.async_engine import AsyncEngine
-from mili_testing import wait_until
+from mili_testing import answers_ok, wait_until
 
 SERVED_NAME = "tiny"
 READY_TIMEOUT_S = 120.0
@@ -48,11 +48,8 @@ class RunningServer:
         self.thread.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
+            if answers_ok(f"{self.url}/ready", timeout=5):
+                return self
             if not self.thread.is_alive() or self.engine.load_error:
                 break
             time.sleep(0.05)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mili_testing import free_port
+from mili_testing import answers_ok, fail_if_exited, free_port
 
 
 @pytest.fixture
@@ -34,11 +34,8 @@ def serve(tiny_qwen3_dir: Path, tmp_path: Path, poll):
         url = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:
-            assert process.poll() is None, (tmp_path / f"serve-{port}.log").read_text()
-            try:
-                return httpx.get(f"{url}/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
+            fail_if_exited(process, "mili serve", tmp_path / f"serve-{port}.log")
+            return answers_ok(f"{url}/ready")
 
         poll(ready, 120, "mili serve became ready", interval=0.2)
         return process, url
