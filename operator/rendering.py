@@ -7,13 +7,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from mili.common import settings
+from mili.operator.quantity import format_bytes, parse_quantity
 from mili.operator.spec import MiliDeploymentSpec, ModelSource
 
 WORKER_PORT = 8000
 CONTAINER_NAME = "worker"
 CACHE_DIR = "/var/cache/mili"
 PVC_MOUNT = "/models"
+HOME_DIR = "/home/mili"
 WORKER_UID = 1000
+# The root filesystem is read-only; these are the writable places besides the model cache.
+SCRATCH_VOLUMES = (("tmp", "/tmp", "1Gi"), ("home", HOME_DIR, "1Gi"))
+
+# Draining (docs/operator.md "Draining"): on deletion the pod first waits PRESTOP_SECONDS in its preStop
+# hook while Services and routers drop it from their endpoints, then gets SIGTERM (its /ready turns 503)
+# and has spec.engine.shutdownTimeoutSeconds to finish in-flight requests; the grace period covers both.
+PRESTOP_SECONDS = 10
+GRACE_MARGIN_SECONDS = 5
 
 # The pod label Prometheus relabels to `mili_deployment` (issue 7's scrape config relies on it).
 DEPLOYMENT_LABEL = "mili.dev/deployment"
@@ -58,43 +69,27 @@ def worker_model_argument(source: ModelSource) -> str:
 
 
 def worker_args(spec: MiliDeploymentSpec) -> list[str]:
-    """Arguments of `mili serve` (vLLM-like flags) for this spec."""
-    engine = spec.engine
-    args = [
-        "serve",
-        "--model",
-        worker_model_argument(spec.model.source),
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(WORKER_PORT),
-        "--served-name",
-        spec.model.served_name,
-        "--dtype",
-        spec.model.dtype,
-    ]
-    if spec.model.max_model_len is not None:
-        args += ["--max-model-len", str(spec.model.max_model_len)]
-    args += [
-        "--block-size",
-        str(engine.block_size),
-        "--max-num-seqs",
-        str(engine.max_num_seqs),
-        "--max-num-batched-tokens",
-        str(engine.max_num_batched_tokens),
-        "--gpu-memory-utilization",
-        f"{engine.gpu_memory_utilization:g}",
-    ]
-    if not engine.prefix_caching:
-        args.append("--no-prefix-caching")
-    args += ["--kernels", engine.kernels]
+    """Arguments of `mili serve`: one flag per declared setting the spec holds (mili.common.settings)."""
+    args = ["serve", "--host", "0.0.0.0", "--port", str(WORKER_PORT)]
+    for setting in settings.crd_settings():
+        section = spec.model if setting.crd_section == "model" else spec.engine
+        value = getattr(section, setting.spec_attribute)
+        if setting.name == "model":
+            value = worker_model_argument(value)
+        args += setting.flag_arguments(value)
     return args
+
+
+def termination_grace_period_seconds(spec: MiliDeploymentSpec) -> int:
+    """preStop wait + the worker's shutdown timeout + a margin, so the kubelet never SIGKILLs a drain."""
+    return PRESTOP_SECONDS + spec.engine.shutdown_timeout_seconds + GRACE_MARGIN_SECONDS
 
 
 def _env(spec: MiliDeploymentSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "MILI_CACHE_DIR", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "HOME", "value": HOME_DIR},
     ]
     if spec.api_key_secret_ref is not None:
         ref = spec.api_key_secret_ref
@@ -111,6 +106,7 @@ def _resources(spec: MiliDeploymentSpec) -> dict[str, Any]:
         requests["cpu"] = spec.resources.cpu  # no CPU limit: throttling a decode loop costs latency
     if spec.resources.memory is not None:
         requests["memory"] = limits["memory"] = spec.resources.memory
+    requests["ephemeral-storage"] = ephemeral_storage(spec)
     if spec.resources.gpus > 0:
         limits[GPU_RESOURCE] = str(spec.resources.gpus)
     return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
@@ -125,9 +121,19 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def ephemeral_storage(spec: MiliDeploymentSpec) -> str:
+    """The pod's ephemeral-storage request: the sizeLimits of its emptyDirs, model cache included."""
+    sizes = [spec.resources.model_cache, *(size for _, _, size in SCRATCH_VOLUMES)]
+    return format_bytes(sum(parse_quantity(size) or 0 for size in sizes))
+
+
 def _volumes(spec: MiliDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    volumes: list[dict[str, Any]] = [{"name": "model-cache", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "model-cache", "mountPath": CACHE_DIR}]
+    """Every emptyDir has a sizeLimit: a full disk evicts this pod, not its neighbours."""
+    scratch = [("model-cache", CACHE_DIR, spec.resources.model_cache), *SCRATCH_VOLUMES]
+    volumes: list[dict[str, Any]] = [
+        {"name": name, "emptyDir": {"sizeLimit": size}} for name, _, size in scratch
+    ]
+    mounts: list[dict[str, Any]] = [{"name": name, "mountPath": path} for name, path, _ in scratch]
     source = spec.model.source
     if source.scheme == "pvc":
         volumes.append(
@@ -152,7 +158,12 @@ def render_pod_template(spec: MiliDeploymentSpec, default_image: str) -> dict[st
         "startupProbe": _probe("/health", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
         "livenessProbe": _probe("/health", 10, 3),
         "readinessProbe": _probe("/ready", 5, 3),
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
     if spec.image_pull_policy is not None:
         container["imagePullPolicy"] = spec.image_pull_policy
@@ -162,6 +173,8 @@ def render_pod_template(spec: MiliDeploymentSpec, default_image: str) -> dict[st
         # Service links would put e.g. MILI_PORT=tcp://... into the env of a pod next to a Service named
         # `mili`, which collides with the worker's own MILI_* settings.
         "enableServiceLinks": False,
+        "automountServiceAccountToken": False,  # workers never talk to the API server
+        "terminationGracePeriodSeconds": termination_grace_period_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": WORKER_UID,
@@ -194,6 +207,8 @@ def render_deployment(
     """The worker Deployment. ``replicas=None`` leaves ``spec.replicas`` out (the autoscaler owns it)."""
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec.name)},
+        # One pod at a time is replaced in place: a rollout never needs a spare GPU (docs/operator.md).
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
         "template": render_pod_template(spec, default_image),
     }
     if replicas is not None:

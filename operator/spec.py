@@ -12,17 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mili.worker import model_source as worker_model_source
-from mili.worker.model_source import ModelSource
+from mili.common import model_source as common_model_source
+from mili.common import settings
+from mili.common.model_source import ModelSource
+from mili.common.settings import default
 
 GROUP = "mili.dev"
 VERSION = "v1alpha1"
 PLURAL = "milideployments"
 KIND = "MiliDeployment"
 
-DEFAULT_MODEL_SOURCE = "builtin:smollm2-135m-instruct"
-DTYPES = ("auto", "float16", "bfloat16", "float32")  # what `mili serve --dtype` accepts
-KERNEL_BACKENDS = ("auto", "cuda", "torch")
+DEFAULT_MODEL_CACHE = "20Gi"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 
@@ -43,20 +43,25 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """``spec.model``: one field per setting of ``mili.common.settings`` in that section."""
+
     source: ModelSource
     served_name: str
-    dtype: str = "auto"
-    max_model_len: int | None = None
+    dtype: str = default("dtype")
+    max_model_len: int | None = default("max_model_len")
 
 
 @dataclass(frozen=True)
 class EngineSpec:
-    kernels: str = "auto"
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    prefix_caching: bool = True
+    """``spec.engine``: one field per setting of ``mili.common.settings`` in that section."""
+
+    kernels: str = default("kernels")
+    block_size: int = default("block_size")
+    gpu_memory_utilization: float = default("gpu_memory_utilization")
+    max_num_seqs: int = default("max_num_seqs")
+    max_num_batched_tokens: int = default("max_num_batched_tokens")
+    prefix_caching: bool = default("prefix_caching")
+    shutdown_timeout_seconds: int = default("shutdown_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class ResourcesSpec:
     gpus: int = 1
     cpu: str | None = None
     memory: str | None = None
+    model_cache: str = DEFAULT_MODEL_CACHE  # sizeLimit of the model-cache emptyDir
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,25 @@ class _Fields:
     def section(self, key: str) -> _Fields:
         return _Fields(self.data.get(key), self.where(key))
 
+    def setting(self, setting: settings.Setting) -> Any:
+        """The value of a declared setting (its default when absent), checked as the worker will."""
+        value = self.data.get(setting.crd_key)
+        if value is None:
+            return setting.default
+        problem = setting.problem(value)
+        if problem is not None:
+            raise SpecError(self.where(setting.crd_key), problem)
+        return float(value) if setting.type is float else value
+
+    def settings(self, section: str) -> dict[str, Any]:
+        """``{spec attribute: value}`` of the settings of ``spec.SECTION``; unknown keys are refused."""
+        declared = settings.in_section(section)
+        known = [str(setting.crd_key) for setting in declared]
+        for key in self.data:
+            if key not in known:
+                raise SpecError(self.where(key), f"is not a field of {self.path} (known: {', '.join(known)})")
+        return {setting.spec_attribute: self.setting(setting) for setting in declared}
+
     def string(self, key: str, default: str | None = None, choices: tuple[str, ...] = ()) -> str | None:
         value = self.data.get(key)
         if value is None:
@@ -192,8 +217,8 @@ def _show(value: Any) -> str:
 def parse_model_source(uri: str, where: str = "spec.model.source") -> ModelSource:
     """Split a model URI with the worker's own parser; a bare path is refused (a pod has no such path)."""
     try:
-        source = worker_model_source.parse_model_source(uri)
-    except worker_model_source.ModelSourceError as error:
+        source = common_model_source.parse_model_source(uri)
+    except common_model_source.ModelSourceError as error:
         raise SpecError(where, str(error)) from None
     if source.scheme == "path":
         raise SpecError(where, f"{uri!r} is not one of hf://, pvc://, file://, builtin:")
@@ -245,27 +270,15 @@ def parse_spec(name: str, spec: Mapping[str, Any] | None) -> MiliDeploymentSpec:
 
 
 def _parse_model(name: str, model: _Fields) -> ModelSpec:
-    source = parse_model_source(model.string("source", DEFAULT_MODEL_SOURCE), model.where("source"))
-    served_name = model.string("servedName", name)
-    if any(ch.isspace() for ch in served_name):
-        raise SpecError(model.where("servedName"), f"may not contain whitespace, got {served_name!r}")
-    return ModelSpec(
-        source=source,
-        served_name=served_name,
-        dtype=model.string("dtype", "auto", DTYPES),
-        max_model_len=model.integer("maxModelLen", None, 1),
-    )
+    values = model.settings("model")
+    source = parse_model_source(values.pop("source"), model.where("source"))
+    if values["served_name"] is None:
+        values["served_name"] = name
+    return ModelSpec(source=source, **values)
 
 
 def _parse_engine(engine: _Fields) -> EngineSpec:
-    return EngineSpec(
-        kernels=engine.string("kernels", "auto", KERNEL_BACKENDS),
-        block_size=engine.integer("blockSize", 16, 1, 1024),
-        gpu_memory_utilization=engine.number("gpuMemoryUtilization", 0.9, 0.0, 1.0, low_open=True),
-        max_num_seqs=engine.integer("maxNumSeqs", 256, 1),
-        max_num_batched_tokens=engine.integer("maxNumBatchedTokens", 8192, 1),
-        prefix_caching=engine.boolean("prefixCaching", True),
-    )
+    return EngineSpec(**engine.settings("engine"))
 
 
 def _parse_resources(resources: _Fields) -> ResourcesSpec:
@@ -273,6 +286,7 @@ def _parse_resources(resources: _Fields) -> ResourcesSpec:
         gpus=resources.integer("gpus", 1, 0, 64),
         cpu=resources.quantity("cpu"),
         memory=resources.quantity("memory"),
+        model_cache=resources.quantity("modelCache") or DEFAULT_MODEL_CACHE,
     )
 
 

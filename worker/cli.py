@@ -12,9 +12,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from mili.kernels import KERNEL_CHOICES
-from mili.worker.config import DTYPE_CHOICES, EngineConfig
-from mili.worker.model_source import DEFAULT_MODEL
+from mili.common import settings
+from mili.worker.config import EngineConfig
 
 logger = logging.getLogger("mili.worker.cli")
 
@@ -22,31 +21,10 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def _engine_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = EngineConfig.__dataclass_fields__
+    """The engine flags, one per setting of ``mili.common.settings`` (declared there, once)."""
     engine = parser.add_argument_group("engine")
-    engine.add_argument("--model", default=DEFAULT_MODEL, help=f"model source (default {DEFAULT_MODEL})")
-    engine.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
-    engine.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    engine.add_argument(
-        "--max-model-len", type=int, default=None, help="context limit (default: the model's)"
-    )
-    engine.add_argument("--block-size", type=int, default=defaults["block_size"].default)
-    engine.add_argument("--max-num-seqs", type=int, default=defaults["max_num_seqs"].default)
-    engine.add_argument(
-        "--max-num-batched-tokens", type=int, default=defaults["max_num_batched_tokens"].default
-    )
-    engine.add_argument(
-        "--gpu-memory-utilization", type=float, default=defaults["gpu_memory_utilization"].default
-    )
-    engine.add_argument("--num-kv-blocks", type=int, default=None, help="fix the KV pool size in blocks")
-    engine.add_argument(
-        "--no-prefix-caching",
-        dest="prefix_caching",
-        action="store_false",
-        help="disable the radix prefix cache",
-    )
-    engine.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto")
-    engine.add_argument("--seed", type=int, default=0)
+    for setting in settings.engine_flags():
+        setting.add_argument(engine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,21 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(
-        model=args.model,
-        served_name=getattr(args, "served_name", None),
-        dtype=args.dtype,
-        device=args.device,
-        max_model_len=args.max_model_len,
-        block_size=args.block_size,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        num_kv_blocks=args.num_kv_blocks,
-        prefix_caching=args.prefix_caching,
-        kernels=args.kernels,
-        seed=args.seed,
-    )
+    flags = {setting.name: getattr(args, setting.name) for setting in settings.engine_flags()}
+    return EngineConfig(served_name=getattr(args, "served_name", None), **flags)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -1,53 +1,37 @@
-"""The engine's one flat configuration, validated at construction."""
+"""The engine's one flat configuration, validated at construction against the settings declaration."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mili.kernels import KERNEL_CHOICES
-from mili.worker.model_source import DEFAULT_MODEL
+from mili.common import settings
+from mili.common.settings import default
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# Re-exported for the worker's modules; declared once in mili.common.settings.
+DTYPE_CHOICES = settings.DTYPE_CHOICES
+DEVICE_CHOICES = settings.DEVICE_CHOICES
 
 
 @dataclass
 class EngineConfig:
-    """Everything the engine needs; every component takes the whole config and reads its fields."""
+    """Everything the engine needs; every component takes the whole config and reads its fields.
 
-    model: str = DEFAULT_MODEL
-    served_name: str | None = None
-    dtype: str = "auto"  # auto = checkpoint dtype on GPU, float32 on CPU
-    device: str = "auto"
-    max_model_len: int | None = None  # None = the model's limit, capped by what the KV pool holds
-    block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    gpu_memory_utilization: float = 0.9
-    cpu_kv_cache_bytes: int = 512 * 2**20  # KV pool size on CPU
-    num_kv_blocks: int | None = None  # fixes the pool size, overriding the memory-based sizing
-    prefix_caching: bool = True
-    kernels: str = "auto"
-    seed: int = 0
+    Each field is a setting of ``mili.common.settings`` (type, range and default declared there)."""
+
+    model: str = default("model")
+    served_name: str | None = default("served_name")
+    dtype: str = default("dtype")  # auto = checkpoint dtype on GPU; on CPU bfloat16 or float32
+    device: str = default("device")
+    max_model_len: int | None = default("max_model_len")  # None = the model's, capped by the KV pool
+    block_size: int = default("block_size")
+    max_num_seqs: int = default("max_num_seqs")
+    max_num_batched_tokens: int = default("max_num_batched_tokens")
+    gpu_memory_utilization: float = default("gpu_memory_utilization")
+    cpu_kv_cache_bytes: int = default("cpu_kv_cache_bytes")  # KV pool size on CPU
+    num_kv_blocks: int | None = default("num_kv_blocks")  # fixes the pool size, overriding the sizing
+    prefix_caching: bool = default("prefix_caching")
+    kernels: str = default("kernels")
+    seed: int = default("seed")
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPE_CHOICES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
-        if self.device not in DEVICE_CHOICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {self.device!r}")
-        if self.kernels not in KERNEL_CHOICES:
-            raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {self.kernels!r}")
-        if self.block_size not in (8, 16, 32, 64, 128):
-            raise ValueError(f"block_size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
-        if self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
-            raise ValueError(f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.max_model_len is not None and self.max_model_len < 1:
-            raise ValueError(f"max_model_len must be at least 1, got {self.max_model_len}")
-        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
-            raise ValueError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
-        if self.cpu_kv_cache_bytes < 1:
-            raise ValueError(f"cpu_kv_cache_bytes must be positive, got {self.cpu_kv_cache_bytes}")
+        settings.check_all(self, settings.engine_config_settings())

@@ -12,10 +12,10 @@ import jsonschema
 import pytest
 import yaml
 
+from mili.common import settings
+from mili.operator import crd as crd_generator
 from mili.operator.config import parse_config
 from mili.operator.spec import (
-    DTYPES,
-    KERNEL_BACKENDS,
     PULL_POLICIES,
     SERVICE_TYPES,
     SpecError,
@@ -98,6 +98,21 @@ def test_crd_defaults_are_the_operator_defaults(schema):
     assert parse_spec("chat", defaulted) == parse_spec("chat", {})
 
 
+def test_the_checked_in_crd_is_what_the_settings_declaration_generates():
+    text = CRD_PATH.read_text()
+    assert crd_generator.render(text) == text, "crds/milideployment.yaml is out of date: run `make crds`"
+
+
+def test_the_crd_generator_check_mode_fails_on_a_drifted_crd(tmp_path, monkeypatch):
+    drifted = CRD_PATH.read_text().replace("- 128\n", "- 128\n                    - 24\n", 1)
+    assert drifted != CRD_PATH.read_text()
+    monkeypatch.setattr(crd_generator, "CRD_PATH", tmp_path / "milideployment.yaml")
+    crd_generator.CRD_PATH.write_text(drifted)
+    assert crd_generator.main(["--check"]) == 1
+    assert crd_generator.main([]) == 0 and crd_generator.main(["--check"]) == 0
+    assert crd_generator.CRD_PATH.read_text() == CRD_PATH.read_text()
+
+
 def test_crd_schema_is_structural(schema):
     def walk(node: dict[str, Any], where: str) -> None:
         assert (
@@ -142,7 +157,12 @@ def test_crd_source_pattern_never_refuses_what_the_operator_accepts(schema, sour
 
 
 @pytest.mark.parametrize(
-    ("bad", "field"), [({"replicas": -1}, "replicas"), ({"engine": {"kernels": "x"}}, "kernels")]
+    ("bad", "field"),
+    [
+        ({"replicas": -1}, "replicas"),
+        ({"engine": {"kernels": "x"}}, "kernels"),
+        ({"engine": {"blockSize": 24}}, "24"),
+    ],
 )
 def test_crd_schema_refuses_what_a_schema_can_say(schema, bad, field):
     with pytest.raises(jsonschema.ValidationError, match=field if field != "replicas" else "-1"):
@@ -196,7 +216,8 @@ def test_operator_deployment_runs_non_root_with_args_the_cli_accepts():
 
 def test_crd_enums_are_the_operator_choices(schema):
     spec = schema["properties"]["spec"]["properties"]
-    assert tuple(spec["model"]["properties"]["dtype"]["enum"]) == DTYPES
-    assert tuple(spec["engine"]["properties"]["kernels"]["enum"]) == KERNEL_BACKENDS
+    assert tuple(spec["model"]["properties"]["dtype"]["enum"]) == settings.DTYPE_CHOICES
+    assert tuple(spec["engine"]["properties"]["kernels"]["enum"]) == settings.KERNEL_CHOICES
+    assert tuple(spec["engine"]["properties"]["blockSize"]["enum"]) == settings.BLOCK_SIZES
     assert tuple(spec["service"]["properties"]["type"]["enum"]) == SERVICE_TYPES
     assert tuple(spec["imagePullPolicy"]["enum"]) == PULL_POLICIES

@@ -23,6 +23,10 @@ def deployment_for(raw: dict[str, Any], replicas: int | None = 1) -> dict[str, A
     return render_deployment(parse_spec("chat", raw), "ns", replicas, IMAGE)
 
 
+def flag_value(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     (only,) = deployment["spec"]["template"]["spec"]["containers"]
     return only
@@ -31,16 +35,17 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 def test_default_spec_renders_the_vllm_like_serve_command():
     assert worker_args(parse_spec("chat", {})) == [
         "serve",
-        "--model", "builtin:smollm2-135m-instruct",
         "--host", "0.0.0.0",
         "--port", "8000",
+        "--model", "builtin:smollm2-135m-instruct",
         "--served-name", "chat",
         "--dtype", "auto",
+        "--kernels", "auto",
         "--block-size", "16",
+        "--gpu-memory-utilization", "0.9",
         "--max-num-seqs", "256",
         "--max-num-batched-tokens", "8192",
-        "--gpu-memory-utilization", "0.9",
-        "--kernels", "auto",
+        "--shutdown-timeout", "30",
     ]  # fmt: skip
 
 
@@ -70,7 +75,7 @@ def test_gpu_count_becomes_an_nvidia_limit_and_cpu_memory_requests():
         "resources"
     ]
     assert resources == {
-        "requests": {"cpu": "8", "memory": "32Gi"},
+        "requests": {"cpu": "8", "memory": "32Gi", "ephemeral-storage": "22Gi"},
         "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"},
     }
 
@@ -99,9 +104,10 @@ def test_pvc_source_mounts_the_claim_read_only():
     ]
 
 
-def test_other_sources_mount_only_the_model_cache():
+def test_other_sources_mount_only_the_model_cache_and_scratch_space():
     deployment = deployment_for({"model": {"source": "hf://Qwen/Qwen3-0.6B"}})
-    assert [v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]] == ["model-cache"]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert [v["name"] for v in volumes] == ["model-cache", "tmp", "home"]
     env = {e["name"]: e.get("value") for e in container(deployment)["env"]}
     assert env["MILI_CACHE_DIR"] == "/var/cache/mili"
 
@@ -118,9 +124,40 @@ def test_pods_run_as_non_root_without_privileges():
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert container(deployment)["securityContext"] == {
         "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
     assert pod["enableServiceLinks"] is False
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_a_read_only_root_gets_size_limited_scratch_space_and_home():
+    deployment = deployment_for({"resources": {"modelCache": "50Gi"}})
+    pod = deployment["spec"]["template"]["spec"]
+    limits = {v["name"]: v["emptyDir"]["sizeLimit"] for v in pod["volumes"]}
+    assert limits == {"model-cache": "50Gi", "tmp": "1Gi", "home": "1Gi"}
+    mounts = {m["mountPath"] for m in container(deployment)["volumeMounts"]}
+    assert {"/tmp", "/home/mili", "/var/cache/mili"} <= mounts
+    env = {e["name"]: e.get("value") for e in container(deployment)["env"]}
+    assert env["HOME"] == "/home/mili"
+    assert container(deployment)["resources"]["requests"]["ephemeral-storage"] == "52Gi"
+
+
+@pytest.mark.parametrize(("timeout", "grace"), [(None, 45), (120, 135)])
+def test_the_grace_period_outlasts_the_prestop_wait_and_the_drain(timeout, grace):
+    engine = {} if timeout is None else {"shutdownTimeoutSeconds": timeout}
+    deployment = deployment_for({"engine": engine})
+    pod = deployment["spec"]["template"]["spec"]
+    (sleep, seconds) = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep == "sleep" and int(seconds) > 0
+    drain = int(flag_value(container(deployment)["args"], "--shutdown-timeout"))
+    assert drain == (timeout or 30)
+    assert pod["terminationGracePeriodSeconds"] == grace > int(seconds) + drain
+
+
+def test_a_rollout_replaces_pods_in_place_without_a_spare_gpu():
+    strategy = deployment_for({})["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
 def test_pods_carry_prometheus_scrape_annotations_and_the_deployment_label():
@@ -203,3 +240,4 @@ def test_the_worker_cli_accepts_the_rendered_command(raw):
         spec.engine.max_num_seqs,
         spec.engine.max_num_batched_tokens,
     )
+    assert args.shutdown_timeout == spec.engine.shutdown_timeout_seconds

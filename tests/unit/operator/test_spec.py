@@ -14,6 +14,7 @@ def test_an_empty_spec_gets_the_documented_defaults():
     engine = spec.engine
     assert (engine.kernels, engine.block_size, engine.gpu_memory_utilization) == ("auto", 16, 0.9)
     assert (engine.max_num_seqs, engine.max_num_batched_tokens, engine.prefix_caching) == (256, 8192, True)
+    assert (engine.shutdown_timeout_seconds, spec.resources.model_cache) == (30, "20Gi")
     assert (spec.replicas, spec.resources.gpus, spec.service.type, spec.service.port) == (
         1,
         1,
@@ -85,14 +86,24 @@ BAD_SPECS = [
     ({"model": {"source": "builtin:"}}, "spec.model.source", "needs a model name"),
     ({"model": {"source": "models/qwen3"}}, "spec.model.source", "is not one of hf://"),
     ({"model": {"servedName": "has space"}}, "spec.model.servedName", "whitespace"),
-    ({"model": {"dtype": "int4"}}, "spec.model.dtype", "'int4' is not one of"),
+    ({"model": {"dtype": "int4"}}, "spec.model.dtype", "must be one of auto, float32, bfloat16, float16"),
     ({"model": {"maxModelLen": 0}}, "spec.model.maxModelLen", ">= 1"),
     ({"model": "hf://Qwen/Qwen3-0.6B"}, "spec.model", "must be an object"),
-    ({"engine": {"kernels": "triton"}}, "spec.engine.kernels", "'triton' is not one of auto, cuda, torch"),
+    (
+        {"engine": {"kernels": "triton"}},
+        "spec.engine.kernels",
+        "must be one of auto, cuda, torch, got 'triton'",
+    ),
     ({"engine": {"blockSize": "16"}}, "spec.engine.blockSize", "must be an integer"),
-    ({"engine": {"blockSize": 4096}}, "spec.engine.blockSize", "between 1 and 1024"),
-    ({"engine": {"gpuMemoryUtilization": 0}}, "spec.engine.gpuMemoryUtilization", "(0.0, 1.0]"),
-    ({"engine": {"gpuMemoryUtilization": 1.5}}, "spec.engine.gpuMemoryUtilization", "(0.0, 1.0]"),
+    ({"engine": {"blockSize": 4096}}, "spec.engine.blockSize", "must be one of 8, 16, 32, 64, 128"),
+    ({"engine": {"blockSize": 24}}, "spec.engine.blockSize", "must be one of 8, 16, 32, 64, 128, got 24"),
+    ({"engine": {"shutdownTimeoutSeconds": 0}}, "spec.engine.shutdownTimeoutSeconds", "in [1, 3600]"),
+    ({"engine": {"maxNumSeqs": 1.5}}, "spec.engine.maxNumSeqs", "must be an integer"),
+    ({"engine": {"blocksize": 16}}, "spec.engine.blocksize", "is not a field of spec.engine"),
+    ({"model": {"revision": "main"}}, "spec.model.revision", "is not a field of spec.model"),
+    ({"resources": {"modelCache": "big"}}, "spec.resources.modelCache", "Kubernetes quantity"),
+    ({"engine": {"gpuMemoryUtilization": 0}}, "spec.engine.gpuMemoryUtilization", "(0, 1]"),
+    ({"engine": {"gpuMemoryUtilization": 1.5}}, "spec.engine.gpuMemoryUtilization", "(0, 1]"),
     ({"engine": {"prefixCaching": "yes"}}, "spec.engine.prefixCaching", "true or false"),
     (
         {"engine": {"maxNumSeqs": 512, "maxNumBatchedTokens": 256}},

@@ -1,1 +1,0 @@
-"""MILI operator: MiliDeployment -> worker Deployment + Service, with status, validation and Events (Kopf)."""
