@@ -19,6 +19,8 @@ AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 SCALING_ACTIVE = "ScalingActive"
+SECURED = "Secured"
+EXTERNAL_SERVICE_TYPES = ("NodePort", "LoadBalancer")
 
 
 @dataclass(frozen=True)
@@ -90,18 +92,47 @@ def workload_conditions(state: ObservedState, desired: int | None) -> list[Condi
     return [available, progressing, degraded]
 
 
+def secured_condition(spec: MiliDeploymentSpec) -> Condition:
+    """``Secured``: False (a Warning) when a Service reachable from outside the cluster takes requests
+    without an API key."""
+    service_type = spec.service.type
+    if spec.api_key_secret_ref is not None:
+        return Condition(SECURED, "True", "ApiKeyRequired", "clients must send the API key")
+    if service_type not in EXTERNAL_SERVICE_TYPES:
+        return Condition(
+            SECURED, "True", "ClusterInternal", "the Service is reachable inside the cluster only"
+        )
+    return Condition(
+        SECURED,
+        "False",
+        "ExternalWithoutApiKey",
+        f"spec.service.type {service_type} exposes the model outside the cluster without "
+        "spec.apiKeySecretRef: anyone who reaches it can use it",
+    )
+
+
+def _alarming(condition: Condition) -> bool:
+    """A condition state that is a Warning: Degraded, not Available, or not Secured."""
+    return (
+        (condition.type == DEGRADED and condition.status == "True")
+        or (condition.type == AVAILABLE and condition.status == "False")
+        or (condition.type == SECURED and condition.status == "False")
+    )
+
+
 def _transition(old: Mapping[str, Any] | None, new: Condition) -> Transition | None:
-    """The Event-worthy change from ``old`` to ``new``: a flip, a first True, or a new Degraded reason."""
+    """The Event-worthy change from ``old`` to ``new``: a flip, a first True (for Secured: a first
+    False), or a new Degraded reason."""
     degraded = new.type == DEGRADED and new.status == "True"
     if old is None:
-        if new.status != "True":
+        first_worth_an_event = new.status == "False" if new.type == SECURED else new.status == "True"
+        if not first_worth_an_event:
             return None
     elif old.get("status") == new.status and (
         not degraded or (old.get("reason"), old.get("message")) == (new.reason, new.message)
     ):
         return None
-    warning = degraded or (new.type == AVAILABLE and new.status == "False")
-    return Transition(new, warning)
+    return Transition(new, _alarming(new))
 
 
 def merge_conditions(
@@ -123,7 +154,7 @@ def merge_conditions(
             "message": condition.message,
             "lastTransitionTime": now if flipped else old.get("lastTransitionTime", now),
         }
-    order = [AVAILABLE, PROGRESSING, DEGRADED, SCALING_ACTIVE]
+    order = [AVAILABLE, PROGRESSING, DEGRADED, SECURED, SCALING_ACTIVE]
     merged = sorted(
         by_type.values(), key=lambda c: (order.index(c["type"]) if c["type"] in order else 99, c["type"])
     )
@@ -159,6 +190,7 @@ def compute_status(
         live = (state.deployment or {}).get("spec", {}).get("replicas")
         desired = desired_replicas(state.spec, status, live)
         new["endpoint"] = endpoint_url(state.name, state.namespace, state.spec.service.port)
+        updates.append(secured_condition(state.spec))
         if not state.spec.autoscaling.enabled:
             new["desiredReplicas"] = desired
             updates.append(

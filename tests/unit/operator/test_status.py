@@ -144,3 +144,28 @@ def test_conditions_owned_by_the_autoscaler_are_kept():
 )
 def test_desired_replicas(raw, status, live, expected):
     assert desired_replicas(parse_spec("chat", raw), status, live) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "secured"),
+    [
+        ({}, ("True", "ClusterInternal")),
+        ({"service": {"type": "LoadBalancer"}}, ("False", "ExternalWithoutApiKey")),
+        ({"service": {"type": "NodePort"}}, ("False", "ExternalWithoutApiKey")),
+        (
+            {"service": {"type": "LoadBalancer"}, "apiKeySecretRef": {"name": "k", "key": "token"}},
+            ("True", "ApiKeyRequired"),
+        ),
+    ],
+)
+def test_an_external_service_without_an_api_key_is_a_warning(raw, secured):
+    status, transitions = compute_status(observe(raw, deployment(1, 1)), {}, T0)
+    assert conditions_of(status)["Secured"] == secured
+    warned = [t for t in transitions if t.condition.type == "Secured"]
+    if secured[0] == "False":
+        (transition,) = warned
+        assert transition.warning and "spec.apiKeySecretRef" in transition.condition.message
+        _, again = compute_status(observe(raw, deployment(1, 1)), status, T1)
+        assert not [t for t in again if t.condition.type == "Secured"], "one Event, not one per pass"
+    else:
+        assert not warned
