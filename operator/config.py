@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 DEFAULT_WORKER_IMAGE = "mili-worker:0.1.0"
 DEFAULT_PROMETHEUS_URL = "http://prometheus.mili-system.svc:9090"
+DEFAULT_OPERATOR_NAMESPACE = "mili-system"
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class OperatorConfig:
     metrics_port: int = 8081  # 0 disables the operator's own /metrics
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     peering: str | None = None  # None: standalone (one operator replica, no Kopf peering objects)
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE  # may reach workers (their NetworkPolicy)
     verbose: bool = False
 
     @property
@@ -68,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("MILI_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL),
         help="default Prometheus for autoscaling (env MILI_PROMETHEUS_URL)",
     )
+    parser.add_argument(
+        "--operator-namespace",
+        default=os.environ.get("MILI_OPERATOR_NAMESPACE") or DEFAULT_OPERATOR_NAMESPACE,
+        help="the operator's namespace, let through the workers' NetworkPolicy (env MILI_OPERATOR_NAMESPACE)",
+    )
     parser.add_argument("--liveness-host", default=os.environ.get("MILI_LIVENESS_HOST", "0.0.0.0"))
     parser.add_argument(
         "--liveness-port",
@@ -107,5 +114,6 @@ def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
         metrics_port=args.metrics_port,
         prometheus_url=args.prometheus_url,
         peering=args.peering,
+        operator_namespace=args.operator_namespace,
         verbose=args.verbose,
     )

@@ -13,7 +13,8 @@ from mili.operator.reconcile import Notice, Reconciler, post_kopf_event
 from mili.operator.rendering import MANAGED_BY, MANAGED_BY_LABEL
 from mili.operator.spec import GROUP, KIND, PLURAL, VERSION
 
-RETRY_DELAY_SECONDS = 10
+RETRY_BASE_SECONDS = 2
+RETRY_MAX_SECONDS = 120
 CHILDREN = {MANAGED_BY_LABEL: MANAGED_BY}
 
 
@@ -32,30 +33,39 @@ async def disconnect(memo: kopf.Memo, **_: Any) -> None:
         await kube.aclose()
 
 
+def retry_delay(retry: int) -> float:
+    """Backoff before the next try of a failed reconcile: 2, 4, 8, ... seconds, at most two minutes."""
+    return float(min(RETRY_BASE_SECONDS * 2**retry, RETRY_MAX_SECONDS))
+
+
 async def run_reconcile(
-    memo: kopf.Memo, body: Any, namespace: str, name: str, trigger: str, retry: bool
+    memo: kopf.Memo, body: Any, namespace: str, name: str, trigger: str, retry: int | None
 ) -> None:
-    """Reconcile; on an API error count it, post a Warning Event, and (when ``retry``) let Kopf retry."""
+    """Reconcile. An API error (unreachable, 409, 5xx: refusals become Degraded inside) is counted and,
+    for the MiliDeployment's own handlers (``retry`` is Kopf's count), retried with backoff; one Warning
+    Event per run of failures, not one per try."""
     try:
         await memo.reconciler.reconcile(namespace, name, trigger)
     except ApiError as error:
         metrics.RECONCILE_ERRORS.inc()
-        post_kopf_event(body, Notice("Warning", "ReconcileFailed", str(error)))
-        if retry:
-            raise kopf.TemporaryError(
-                f"reconcile of {namespace}/{name} failed: {error}", delay=RETRY_DELAY_SECONDS
-            ) from error
-        logging.getLogger(__name__).warning("reconcile of %s/%s failed: %s", namespace, name, error)
+        if retry is None:
+            logging.getLogger(__name__).warning("reconcile of %s/%s failed: %s", namespace, name, error)
+            return
+        if retry == 0:
+            post_kopf_event(body, Notice("Warning", "ReconcileFailed", str(error)))
+        raise kopf.TemporaryError(
+            f"reconcile of {namespace}/{name} failed (try {retry + 1}): {error}", delay=retry_delay(retry)
+        ) from error
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 async def milideployment_changed(
-    body: kopf.Body, reason: str, namespace: str, name: str, memo: kopf.Memo, **_: Any
+    body: kopf.Body, reason: str, namespace: str, name: str, memo: kopf.Memo, retry: int, **_: Any
 ) -> None:
-    """Apply the worker Deployment and Service and refresh the status."""
-    await run_reconcile(memo, body, namespace, name, trigger=str(reason), retry=True)
+    """Apply the worker Deployment, Service and NetworkPolicy and refresh the status."""
+    await run_reconcile(memo, body, namespace, name, trigger=str(reason), retry=retry)
 
 
 def owner_name(body: kopf.Body) -> str | None:
@@ -68,13 +78,14 @@ def owner_name(body: kopf.Body) -> str | None:
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILDREN)
 @kopf.on.event("v1", "services", labels=CHILDREN)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILDREN)
 async def child_changed(body: kopf.Body, type: str | None, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """A child was listed, added, changed or deleted: re-apply its parent (recreating a deleted child)
     and refresh the parent's status from it."""
     parent = owner_name(body)
     if parent is not None and hasattr(memo, "reconciler"):
         trigger = f"{body.get('kind', 'child')} {type or 'LISTED'}"
-        await run_reconcile(memo, body, namespace, parent, trigger=trigger, retry=False)
+        await run_reconcile(memo, body, namespace, parent, trigger=trigger, retry=None)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -26,6 +26,12 @@ class ApiError(Exception):
         self.reason = reason
         self.message = message
 
+    @property
+    def is_refusal(self) -> bool:
+        """A 4xx that sending the same request again cannot fix (an invalid object, a forbidden
+        write); 404, 409 (conflict) and 429 (too many requests) are worth a retry, like 5xx and 0."""
+        return 400 <= self.status < 500 and self.status not in (404, 409, 429)
+
 
 def deployment_path(namespace: str, name: str | None = None) -> str:
     base = f"/apis/apps/v1/namespaces/{namespace}/deployments"
@@ -34,6 +40,11 @@ def deployment_path(namespace: str, name: str | None = None) -> str:
 
 def service_path(namespace: str, name: str | None = None) -> str:
     base = f"/api/v1/namespaces/{namespace}/services"
+    return f"{base}/{name}" if name else base
+
+
+def network_policy_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
     return f"{base}/{name}" if name else base
 
 

@@ -19,8 +19,15 @@ import kopf
 
 from mili.operator import apply, metrics
 from mili.operator.config import OperatorConfig
-from mili.operator.kube import KubeClient, deployment_path, milideployment_path, service_path
-from mili.operator.rendering import render_deployment, render_service
+from mili.operator.kube import (
+    ApiError,
+    KubeClient,
+    deployment_path,
+    milideployment_path,
+    network_policy_path,
+    service_path,
+)
+from mili.operator.rendering import render_deployment, render_network_policy, render_service
 from mili.operator.spec import MiliDeploymentSpec, SpecError, parse_spec
 from mili.operator.status import ObservedState, compute_status, desired_replicas, status_patch
 
@@ -128,29 +135,28 @@ class Reconciler:
         status: Mapping[str, Any],
         notices: list[Notice],
     ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
-        """Apply the Deployment and the Service; returns the live Deployment and a problem, if any."""
+        """Apply the Deployment, the Service and the NetworkPolicy; returns the live Deployment and the
+        first problem (a foreign child, a child the API server refused), if any."""
         namespace = parent["metadata"]["namespace"]
         live = await self.kube.get(deployment_path(namespace, spec.name))
         # With autoscaling on, the autoscaler owns spec.replicas of an existing Deployment: leave it out.
         replicas = (
             None if spec.autoscaling.enabled and live is not None else desired_replicas(spec, status, None)
         )
-        deployment = render_deployment(spec, namespace, replicas, self.config.worker_image)
-        service = render_service(spec, namespace)
-        kopf.adopt([deployment, service], owner=parent)
-
-        deployment, conflict = await self._apply(
-            parent, deployment, live, deployment_path(namespace), notices
+        children = [
+            (render_deployment(spec, namespace, replicas, self.config.worker_image), deployment_path),
+            (render_service(spec, namespace), service_path),
+            (render_network_policy(spec, namespace, self.config.operator_namespace), network_policy_path),
+        ]
+        kopf.adopt([child for child, _ in children], owner=parent)
+        deployment, problem = await self._apply(
+            parent, children[0][0], live, deployment_path(namespace), notices
         )
-        _, service_conflict = await self._apply(
-            parent,
-            service,
-            await self.kube.get(service_path(namespace, spec.name)),
-            service_path(namespace),
-            notices,
-        )
-        conflict = conflict or service_conflict
-        return deployment, (("ChildConflict", conflict) if conflict else None)
+        for desired, path in children[1:]:
+            current = await self.kube.get(path(namespace, spec.name))
+            _, child_problem = await self._apply(parent, desired, current, path(namespace), notices)
+            problem = problem or child_problem
+        return deployment, problem
 
     async def _apply(
         self,
@@ -159,21 +165,31 @@ class Reconciler:
         live: dict[str, Any] | None,
         collection: str,
         notices: list[Notice],
-    ) -> tuple[dict[str, Any] | None, str | None]:
-        """Create or patch one child as planned; returns (the live child if ours, conflict message)."""
+    ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        """Create or patch one child as planned; returns (the live child if ours, a problem).
+
+        A request the API server refuses for good (``ApiError.is_refusal``: say an invalid nodeSelector)
+        is a problem, reported once as the Degraded condition with the API's message; any other API
+        error propagates, and the handler retries with backoff."""
         kind, name = desired["kind"], desired["metadata"]["name"]
         plan = apply.plan_apply(desired, live, parent["metadata"].get("uid", ""))
         if plan.action == apply.CONFLICT:  # reported once, as the Degraded condition's transition
-            return None, plan.reason
-        if plan.action == apply.CREATE:
-            created = await self.kube.create(collection, plan.body)
-            logger.info("Created %s %s/%s", kind, desired["metadata"]["namespace"], name)
-            notices.append(Notice("Normal", "Created", f"Created {kind} {name}"))
-            return created, None
-        if plan.action == apply.PATCH:
-            patched = await self.kube.merge_patch(f"{collection}/{name}", plan.body)
-            changed = ", ".join(plan.changed)
-            logger.info("Updated %s %s/%s: %s", kind, desired["metadata"]["namespace"], name, changed)
-            notices.append(Notice("Normal", "Updated", f"Updated {kind} {name}: {changed}"))
-            return patched, None
+            return None, ("ChildConflict", plan.reason)
+        try:
+            if plan.action == apply.CREATE:
+                created = await self.kube.create(collection, plan.body)
+                logger.info("Created %s %s/%s", kind, desired["metadata"]["namespace"], name)
+                notices.append(Notice("Normal", "Created", f"Created {kind} {name}"))
+                return created, None
+            if plan.action == apply.PATCH:
+                patched = await self.kube.merge_patch(f"{collection}/{name}", plan.body)
+                changed = ", ".join(plan.changed)
+                logger.info("Updated %s %s/%s: %s", kind, desired["metadata"]["namespace"], name, changed)
+                notices.append(Notice("Normal", "Updated", f"Updated {kind} {name}: {changed}"))
+                return patched, None
+        except ApiError as error:
+            if not error.is_refusal:
+                raise
+            logger.warning("The API server refused %s %s: %s", kind, name, error)
+            return live, ("ChildRejected", f"the API server refused {kind} {name}: {error.message}")
         return live, None

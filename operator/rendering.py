@@ -31,6 +31,11 @@ DEPLOYMENT_LABEL = "mili.dev/deployment"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mili-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
+# Pods that may reach the workers (render_network_policy): a MiliDeployment's router pods carry
+# COMPONENT_LABEL=router and DEPLOYMENT_LABEL=NAME; Prometheus pods carry PROMETHEUS_LABELS.
+COMPONENT_LABEL = "app.kubernetes.io/component"
+ROUTER_COMPONENT = "router"
+PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus"}
 
 # Worker startup covers a model download and a warm-up: allow up to 30 minutes before liveness applies.
 STARTUP_PERIOD_SECONDS = 10
@@ -51,7 +56,7 @@ def worker_labels(name: str) -> dict[str, str]:
     return {
         **selector_labels(name),
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": "worker",
+        COMPONENT_LABEL: "worker",
         MANAGED_BY_LABEL: MANAGED_BY,
     }
 
@@ -231,5 +236,38 @@ def render_service(spec: MiliDeploymentSpec, namespace: str) -> dict[str, Any]:
             "type": spec.service.type,
             "selector": selector_labels(spec.name),
             "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def workers_take_client_traffic(spec: MiliDeploymentSpec) -> bool:
+    """Whether clients reach the workers directly: true while the Service named after the
+    MiliDeployment selects the workers (no router in front of them)."""
+    return True
+
+
+def render_network_policy(
+    spec: MiliDeploymentSpec, namespace: str, operator_namespace: str
+) -> dict[str, Any]:
+    """Ingress to the workers' port: from this MiliDeployment's router pods, the operator's namespace
+    (the operator, and the shipped Prometheus) and Prometheus pods anywhere; from any client only while
+    the workers are the front door themselves (``workers_take_client_traffic``)."""
+    port = [{"protocol": "TCP", "port": "http"}]
+    peers = [
+        {"podSelector": {"matchLabels": {DEPLOYMENT_LABEL: spec.name, COMPONENT_LABEL: ROUTER_COMPONENT}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}}},
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(PROMETHEUS_LABELS)}},
+    ]
+    rules: list[dict[str, Any]] = [{"from": peers, "ports": port}]
+    if workers_take_client_traffic(spec):
+        rules.append({"ports": port})  # no `from`: any source, as the Service's clients need
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": spec.name, "namespace": namespace, "labels": worker_labels(spec.name)},
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
         },
     }

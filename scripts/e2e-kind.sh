@@ -59,6 +59,7 @@ log "installing MILI (CRD, operator, Prometheus, Grafana)"
 # The CRD first, so the rest (and the samples) can refer to its kind once it is established.
 kubectl apply -k crds/
 kubectl wait --for=condition=Established --timeout=60s crd/milideployments.mili.dev
+scripts/grafana-admin-secret.sh mili-system
 kubectl apply -k manifests/
 # The operator's default worker image (manifests/operator/deployment.yaml) is the one loaded above.
 for deployment in mili-operator prometheus grafana; do

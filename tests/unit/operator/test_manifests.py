@@ -197,6 +197,7 @@ def test_rbac_is_least_privilege():
         ("mili.dev", "milideployments/finalizers"): {"update"},
         ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
         ("", "services"): {"get", "list", "watch", "create", "patch"},
+        ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch"},
         ("", "events"): {"create"},
     }
 
@@ -221,3 +222,35 @@ def test_crd_enums_are_the_operator_choices(schema):
     assert tuple(spec["engine"]["properties"]["blockSize"]["enum"]) == settings.BLOCK_SIZES
     assert tuple(spec["service"]["properties"]["type"]["enum"]) == SERVICE_TYPES
     assert tuple(spec["imagePullPolicy"]["enum"]) == PULL_POLICIES
+
+
+def _documents(root: str) -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((ROOT / root).rglob("*.yaml")):
+        docs += [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict)]
+    return docs
+
+
+def test_samples_ship_no_keys():
+    for doc in _documents("manifests/samples"):
+        assert doc.get("kind") != "Secret" and "secretGenerator" not in doc, doc
+    text = "".join(p.read_text() for p in (ROOT / "manifests/samples").rglob("*.yaml"))
+    assert "change-me" not in text and "literals" not in text
+
+
+def test_every_emptydir_of_the_manifests_has_a_size_limit():
+    for doc in _documents("manifests"):
+        for volume in ((doc.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []:
+            if "emptyDir" in volume:
+                assert (volume["emptyDir"] or {}).get("sizeLimit"), f"{doc['metadata']['name']}: {volume}"
+
+
+def test_grafana_takes_its_admin_password_from_a_generated_secret():
+    (grafana,) = [d for d in _documents("manifests/grafana") if d.get("kind") == "Deployment"]
+    (container,) = grafana["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["GF_SECURITY_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("grafana-admin", "admin-password")
+    assert "optional" not in ref, "no Secret, no Grafana: never a default password"
+    script = (ROOT / "scripts/grafana-admin-secret.sh").read_text()
+    assert "grafana-admin" in script and "/dev/urandom" in script and "admin-password" in script

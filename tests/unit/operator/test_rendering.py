@@ -241,3 +241,25 @@ def test_the_worker_cli_accepts_the_rendered_command(raw):
         spec.engine.max_num_batched_tokens,
     )
     assert args.shutdown_timeout == spec.engine.shutdown_timeout_seconds
+
+
+def test_the_network_policy_lets_in_the_router_the_operator_namespace_and_prometheus():
+    from mili.operator.rendering import render_network_policy
+
+    policy = render_network_policy(parse_spec("chat", {}), "ns", "mili-system")
+    assert policy["kind"] == "NetworkPolicy" and policy["metadata"]["name"] == "chat"
+    assert policy["spec"]["podSelector"] == {"matchLabels": selector_labels("chat")}
+    first, *rest = policy["spec"]["ingress"]
+    peers = first["from"]
+    assert {
+        "podSelector": {
+            "matchLabels": {"mili.dev/deployment": "chat", "app.kubernetes.io/component": "router"}
+        }
+    } in peers
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mili-system"}}} in peers
+    assert {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    } in peers
+    # No router in front yet: the Service's clients reach the workers directly, on the http port only.
+    assert rest == [{"ports": [{"protocol": "TCP", "port": "http"}]}]
