@@ -24,7 +24,15 @@ from mili.operator.config import OperatorConfig
 from mili.operator.kube import ApiError, KubeClient, deployment_path, milideployment_path
 from mili.operator.prometheus_api import PrometheusClient, PrometheusError, QuerySettings
 from mili.operator.reconcile import EventPoster, Notice, post_kopf_event
-from mili.operator.spec import GROUP, PLURAL, VERSION, MiliDeploymentSpec, SpecError, parse_spec
+from mili.operator.spec import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    MiliDeploymentSpec,
+    SpecError,
+    check_prometheus_url,
+    parse_spec,
+)
 from mili.operator.status import SCALING_ACTIVE, Condition, merge_conditions, status_patch
 
 logger = logging.getLogger(__name__)
@@ -111,6 +119,7 @@ class Autoscaler:
             return None
         try:
             spec = parse_spec(name, parent.get("spec"))
+            check_prometheus_url(spec, self.config.allows_prometheus)
         except SpecError:
             return None
         return (parent, spec) if spec.autoscaling.enabled else None
@@ -233,4 +242,7 @@ async def autoscale(
         except ApiError as error:
             metrics.RECONCILE_ERRORS.inc()
             logger.warning("Autoscaling %s/%s failed: %s", namespace, name, error)
+        except Exception:  # a bug in one round must not end autoscaling for good; the next round retries
+            metrics.RECONCILE_ERRORS.inc()
+            logger.exception("Autoscaling round of %s/%s failed", namespace, name)
         await stopped.wait(interval_seconds(spec))

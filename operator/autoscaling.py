@@ -96,11 +96,12 @@ def decide(
     history = prune(history, spec, now)
     if observation.error is not None:
         return _hold(current, spec, history, PROMETHEUS_UNAVAILABLE, observation.error)
-    missing = [
-        name
-        for name, value in ((KV_CACHE, observation.kv_cache_usage), (QUEUE, observation.waiting_per_replica))
-        if value is None or math.isnan(value)
-    ]
+    samples = ((KV_CACHE, observation.kv_cache_usage), (QUEUE, observation.waiting_per_replica))
+    invalid = [f"{name} {value}" for name, value in samples if value is not None and not _is_usable(value)]
+    if invalid:  # the client refuses these already; the rule must not crash on them either
+        why = f"samples that are not finite non-negative numbers: {', '.join(invalid)}"
+        return _hold(current, spec, history, PROMETHEUS_UNAVAILABLE, why)
+    missing = [name for name, value in samples if value is None]
     if missing:
         return _hold(current, spec, history, METRICS_UNAVAILABLE, f"no samples for {', '.join(missing)}")
 
@@ -130,6 +131,10 @@ def decide(
         condition_reason=ACTIVE,
         recommendations=recommendations,
     )
+
+
+def _is_usable(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
 
 
 def prune(history: Sequence[Recommendation], spec: AutoscalingSpec, now: float) -> tuple[Recommendation, ...]:

@@ -22,10 +22,19 @@ class OperatorConfig:
     liveness_host: str = "0.0.0.0"
     liveness_port: int = 8080
     metrics_port: int = 8081  # 0 disables the operator's own /metrics
-    prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    prometheus_urls: tuple[str, ...] = (DEFAULT_PROMETHEUS_URL,)  # the allow-list; the first is the default
     peering: str | None = None  # None: standalone (one operator replica, no Kopf peering objects)
     operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE  # may reach workers (their NetworkPolicy)
     verbose: bool = False
+
+    @property
+    def prometheus_url(self) -> str:
+        """The Prometheus of MiliDeployments that name none."""
+        return self.prometheus_urls[0]
+
+    def allows_prometheus(self, url: str) -> bool:
+        """Whether a MiliDeployment may have its metrics read from ``url`` (one of --prometheus-url)."""
+        return url.rstrip("/") in {allowed.rstrip("/") for allowed in self.prometheus_urls}
 
     @property
     def liveness_endpoint(self) -> str | None:
@@ -67,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prometheus-url",
-        default=os.environ.get("MILI_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL),
-        help="default Prometheus for autoscaling (env MILI_PROMETHEUS_URL)",
+        dest="prometheus_urls",
+        action="append",
+        default=None,
+        help="a Prometheus autoscaling may read (repeatable; the first is the default; a MiliDeployment's "
+        "spec.autoscaling.prometheusUrl must be one of them); env MILI_PROMETHEUS_URL, comma-separated",
     )
     parser.add_argument(
         "--operator-namespace",
@@ -105,6 +117,9 @@ def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
         namespaces = tuple(
             ns.strip() for ns in os.environ.get("MILI_NAMESPACES", "").split(",") if ns.strip()
         )
+    prometheus_urls = tuple(args.prometheus_urls or ()) or tuple(
+        url.strip() for url in os.environ.get("MILI_PROMETHEUS_URL", "").split(",") if url.strip()
+    )
     return OperatorConfig(
         worker_image=args.worker_image,
         namespaces=namespaces,
@@ -112,7 +127,7 @@ def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
         liveness_host=args.liveness_host,
         liveness_port=args.liveness_port,
         metrics_port=args.metrics_port,
-        prometheus_url=args.prometheus_url,
+        prometheus_urls=prometheus_urls or (DEFAULT_PROMETHEUS_URL,),
         peering=args.peering,
         operator_namespace=args.operator_namespace,
         verbose=args.verbose,

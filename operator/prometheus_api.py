@@ -8,8 +8,10 @@ keeps ready pods). Each metric is averaged over the window per pod, then across 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +20,13 @@ import httpx
 
 from mili.operator.autoscaling import Observation
 
+logger = logging.getLogger(__name__)
+
 KV_CACHE_METRIC = "mili_kv_cache_usage_ratio"
 WAITING_METRIC = "mili_num_requests_waiting"
+
+
+_ERROR_TYPE = re.compile(r"^[a-z_]{1,32}$")  # Prometheus's errorType: bad_data, timeout, execution, ...
 
 
 class PrometheusError(Exception):
@@ -80,44 +87,62 @@ class PrometheusClient:
         await self._http.aclose()
 
     async def query(self, expr: str) -> list[dict[str, Any]]:
-        """The instant vector of ``expr`` now: ``[{"metric": {...}, "value": [ts, "1.5"]}, ...]``."""
+        """The instant vector of ``expr`` now: ``[{"metric": {...}, "value": [ts, "1.5"]}, ...]``.
+
+        Errors say what went wrong in our words (status code, Prometheus's error type); the response
+        body is never copied into them: they end up in status conditions and Events."""
         try:
             response = await self._http.get("/api/v1/query", params={"query": expr})
         except httpx.TimeoutException as error:
             raise PrometheusError(f"Prometheus at {self.url} timed out ({type(error).__name__})") from error
         except httpx.HTTPError as error:
             raise PrometheusError(
-                f"Prometheus at {self.url} is unreachable: {error or type(error).__name__}"
+                f"Prometheus at {self.url} is unreachable ({type(error).__name__})"
             ) from error
         try:
             payload = response.json()
         except ValueError as error:
+            logger.debug("Prometheus at %s answered %r", self.url, response.text[:200])
             raise PrometheusError(
-                f"Prometheus at {self.url} answered {response.status_code} without JSON to {expr!r}"
+                f"Prometheus at {self.url} answered HTTP {response.status_code} without JSON to {expr!r}"
             ) from error
         if not isinstance(payload, dict):
             raise PrometheusError(
-                f"Prometheus at {self.url} answered {response.status_code} with {payload!r}"
+                f"Prometheus at {self.url} answered HTTP {response.status_code}, not an object"
             )
         if payload.get("status") != "success":
-            kind = payload.get("errorType", response.status_code)
-            raise PrometheusError(
-                f"Prometheus at {self.url} refused {expr!r}: {kind}: {payload.get('error', 'no message')}"
+            kind = payload.get("errorType")
+            kind = (
+                kind if isinstance(kind, str) and _ERROR_TYPE.match(kind) else f"HTTP {response.status_code}"
             )
-        data = payload.get("data") or {}
-        if data.get("resultType") != "vector":
-            raise PrometheusError(f"{expr!r} gave a {data.get('resultType')}, not an instant vector")
-        return data.get("result") or []
+            raise PrometheusError(f"Prometheus at {self.url} refused {expr!r}: {kind}")
+        data = payload.get("data")
+        if not isinstance(data, dict) or data.get("resultType") != "vector":
+            raise PrometheusError(f"Prometheus at {self.url} gave no instant vector for {expr!r}")
+        result = data.get("result") or []
+        if not isinstance(result, list):
+            raise PrometheusError(f"Prometheus at {self.url} gave a malformed vector for {expr!r}")
+        return result
 
     async def scalar(self, expr: str) -> float | None:
-        """The single value of ``expr``; None when it has no samples (or only NaN)."""
+        """The single value of ``expr``; None when it has no samples. A value that is not a finite,
+        non-negative number (garbage, NaN, +Inf, below zero) is an error: no decision is made on it."""
         result = await self.query(expr)
         if not result:
             return None
         if len(result) > 1:
             raise PrometheusError(f"{expr!r} gave {len(result)} series, expected one")
-        value = float(result[0]["value"][1])
-        return None if math.isnan(value) else value
+        try:
+            value = float(result[0]["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise PrometheusError(
+                f"Prometheus at {self.url} gave a sample that is not a number for {expr!r}"
+            ) from error
+        if not math.isfinite(value) or value < 0:
+            raise PrometheusError(
+                f"Prometheus at {self.url} gave {value} for {expr!r}, not a finite non-negative number"
+            )
+        return value
 
     async def observe(self, settings: QuerySettings, namespace: str, name: str) -> Observation:
         """KV-cache usage and waiting requests per ready pod of one MiliDeployment."""

@@ -28,7 +28,7 @@ from mili.operator.kube import (
     service_path,
 )
 from mili.operator.rendering import render_deployment, render_network_policy, render_service
-from mili.operator.spec import MiliDeploymentSpec, SpecError, parse_spec
+from mili.operator.spec import MiliDeploymentSpec, SpecError, check_prometheus_url, parse_spec
 from mili.operator.status import ObservedState, compute_status, desired_replicas, status_patch
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class Reconciler:
         problem: tuple[str, str] | None = None
         try:
             spec: MiliDeploymentSpec | None = parse_spec(name, parent.get("spec"))
+            check_prometheus_url(spec, self.config.allows_prometheus)
         except SpecError as error:
             spec, problem = None, ("InvalidSpec", str(error))
             logger.warning("MiliDeployment %s/%s: %s", namespace, name, error)

@@ -8,7 +8,7 @@ cross-field rules a schema cannot express. Every error names the field it is abo
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,6 +348,17 @@ def _parse_secret_ref(root: _Fields) -> SecretKeyRef | None:
     if key is None or not _SECRET_KEY.match(key):
         raise SpecError(ref.where("key"), f"must name a key of the Secret, got {_show(key)}")
     return SecretKeyRef(name=name, key=key)
+
+
+def check_prometheus_url(spec: MiliDeploymentSpec, allowed: Callable[[str], bool]) -> None:
+    """Refuse a ``spec.autoscaling.prometheusUrl`` the operator was not told it may query: the operator
+    would otherwise send requests wherever any namespace's user points it."""
+    url = spec.autoscaling.prometheus_url
+    if url is not None and not allowed(url):
+        raise SpecError(
+            "spec.autoscaling.prometheusUrl",
+            f"{url!r} is not one of the operator's --prometheus-url servers (a cluster admin may add it)",
+        )
 
 
 def is_service_name(name: str) -> bool:

@@ -21,6 +21,7 @@ def operator(cluster, prometheus, tmp_path_factory) -> Iterator[OperatorProcess]
     with pytest.MonkeyPatch.context() as patch:
         for name, value in OPERATOR_ENVIRONMENT.items():
             patch.setenv(name, value)
+        patch.setenv("MILI_PROMETHEUS_URL", prometheus.url)  # the allow-list the specs' prometheusUrl is in
         process.start()
     address = f"127.0.0.1:{process.metrics_port}"
     prometheus.set_targets(

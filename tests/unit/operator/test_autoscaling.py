@@ -125,7 +125,21 @@ def test_scale_up_is_immediate_with_the_default_zero_window_despite_a_long_down_
         ),
         (seen(None, None), METRICS_UNAVAILABLE, "no samples for kv, queue → holding at 3"),
         (seen(0.95, None), METRICS_UNAVAILABLE, "no samples for queue → holding at 3"),
-        (seen(math.nan, 2.0), METRICS_UNAVAILABLE, "no samples for kv → holding at 3"),
+        (
+            seen(math.nan, 2.0),
+            PROMETHEUS_UNAVAILABLE,
+            "samples that are not finite non-negative numbers: kv nan → holding at 3",
+        ),
+        (
+            seen(0.5, math.inf),
+            PROMETHEUS_UNAVAILABLE,
+            "samples that are not finite non-negative numbers: queue inf → holding at 3",
+        ),
+        (
+            seen(-0.5, None),
+            PROMETHEUS_UNAVAILABLE,
+            "samples that are not finite non-negative numbers: kv -0.5 → holding at 3",
+        ),
     ],
 )
 def test_without_metrics_the_count_holds_and_scaling_goes_inactive(observation, condition_reason, reason):
