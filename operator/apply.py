@@ -16,7 +16,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from mili.operator.quantity import same_quantity
+
 LAST_APPLIED_ANNOTATION = "mili.dev/last-applied"
+QUANTITY_MAPS = ("requests", "limits")  # maps of resource name -> quantity
+QUANTITY_KEYS = ("sizeLimit",)
 
 CREATE = "create"
 PATCH = "patch"
@@ -34,15 +38,20 @@ class ApplyPlan:
     reason: str = ""
 
 
-def is_subset(desired: Any, live: Any) -> bool:
-    """Whether every field set in ``desired`` has the same value in ``live`` (lists: item by item)."""
+def is_subset(desired: Any, live: Any, key: str = "") -> bool:
+    """Whether every field set in ``desired`` has the same value in ``live`` (lists: item by item).
+
+    Resource quantities (under ``requests``/``limits``, and ``sizeLimit``) compare by value: the API
+    server stores "1000m" as "1" and "1024Mi" as "1Gi", which is no drift."""
     if isinstance(desired, dict):
+        quantities = key in QUANTITY_MAPS
         return isinstance(live, dict) and all(
-            key in live and is_subset(v, live[key]) for key, v in desired.items()
+            k in live and (same_quantity(v, live[k]) if quantities else is_subset(v, live[k], k))
+            for k, v in desired.items()
         )
     if isinstance(desired, list):
         return isinstance(live, list) and len(desired) == len(live) and all(map(is_subset, desired, live))
-    return desired == live
+    return desired == live or (key in QUANTITY_KEYS and same_quantity(desired, live))
 
 
 def with_removals(desired: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:

@@ -142,3 +142,24 @@ def test_with_removals_nulls_what_went_away_at_any_depth():
     previous = {"a": {"b": 1, "c": 2}, "d": [1], "e": 3}
     wanted = {"a": {"b": 1}, "d": [2]}
     assert with_removals(wanted, previous) == {"a": {"b": 1, "c": None}, "d": [2], "e": None}
+
+
+def test_quantities_the_api_server_canonicalizes_are_no_drift():
+    resources = {"requests": {"cpu": "1000m", "memory": "1024Mi"}, "limits": {"memory": "1024Mi"}}
+    want = desired(containers=[{"name": "worker", "image": "img:1", "resources": resources}])
+    want["spec"]["template"]["spec"]["volumes"] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1024Mi"}}]
+    live = server_side(plan_apply(want, None, UID).body)
+    container = live["spec"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+    live["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"] = "1Gi"
+    assert plan_apply(want, live, UID).action == UNCHANGED
+
+    container["resources"]["requests"]["cpu"] = "2"
+    assert plan_apply(want, live, UID).action == PATCH, "a real change is still one"
+
+
+def test_only_quantity_fields_compare_by_value():
+    want = desired(containers=[{"name": "worker", "image": "img:1", "args": ["--block-size", "1000m"]}])
+    live = server_side(plan_apply(want, None, UID).body)
+    live["spec"]["template"]["spec"]["containers"][0]["args"] = ["--block-size", "1"]
+    assert plan_apply(want, live, UID).action == PATCH
