@@ -1,7 +1,7 @@
 """The autoscaling decision: a pure function of what Prometheus said, the current count, the spec,
 the recent recommendations and the time.
 
-The rules are the HorizontalPodAutoscaler's (DESIGN.md "Autoscaling"):
+The rules are the HorizontalPodAutoscaler's (docs/architecture.md "Autoscaling"):
 
 1. per metric, ratio = observed / target; the largest ratio decides;
 2. outside 1 ± 10 %, raw = ceil(current × ratio), else raw = current;

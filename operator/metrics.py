@@ -1,4 +1,4 @@
-"""The operator's own Prometheus metrics (names are part of the contract, see DESIGN.md "Metrics")."""
+"""The operator's own Prometheus metrics (names are contract: docs/architecture.md "Metrics")."""
 
 from __future__ import annotations
 

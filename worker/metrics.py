@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics: exactly the names, types and labels of DESIGN.md "Metrics".
+"""The worker's Prometheus metrics: exactly the names, types and labels of docs/architecture.md "Metrics".
 
 One ``WorkerMetrics`` per server, on its own registry (so several servers can live in one process, as
 in tests). The engine loop feeds it: ``observe_step`` after every step with the engine's stats and the
@@ -26,7 +26,7 @@ from mili.worker.engine.request import RequestOutput
 __all__ = ["CONTENT_TYPE_LATEST", "WorkerMetrics"]
 
 # No `*_created` series: Prometheus would ingest each as an extra gauge, and the contract is exactly the
-# metrics of DESIGN.md. (prometheus-client's switch is process-wide.)
+# metrics of docs/architecture.md. (prometheus-client's switch is process-wide.)
 disable_created_metrics()
 
 # Buckets after vLLM's: fine at the low end where good latencies live, long tails for queued load.

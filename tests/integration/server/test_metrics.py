@@ -1,4 +1,4 @@
-"""/metrics: exactly DESIGN.md's worker metrics, valid for promtool, scraped live by a real Prometheus."""
+"""/metrics: docs/architecture.md's worker metrics exactly, valid for promtool, scraped by a real Prometheus."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mili_testing import free_port, require_binary
 
-# DESIGN.md "Metrics": name -> (type, labels besides model_name)
+# docs/architecture.md "Metrics": name -> (type, labels besides model_name)
 WORKER_METRICS = {
     "mili_num_requests_running": ("gauge", set()),
     "mili_num_requests_waiting": ("gauge", set()),

@@ -1,4 +1,4 @@
-"""The pure autoscaling decision: every rule of DESIGN.md "Autoscaling", table-driven, and flapping load."""
+"""The pure autoscaling decision: each rule of docs/architecture.md "Autoscaling", table-driven; flapping load."""
 
 from __future__ import annotations
 
