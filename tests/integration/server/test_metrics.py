@@ -1,4 +1,4 @@
-"""/metrics: docs/architecture.md's worker metrics exactly, valid for promtool, scraped by a real Prometheus."""
+"""/metrics: docs/architecture.md's worker metrics exactly, promtool-valid, scraped by a real Prometheus."""
 
 from __future__ import annotations
 

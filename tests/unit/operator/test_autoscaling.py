@@ -1,4 +1,4 @@
-"""The pure autoscaling decision: each rule of docs/architecture.md "Autoscaling", table-driven; flapping load."""
+"""The pure autoscaling decision: each rule of docs/architecture.md "Autoscaling", and flapping load."""
 
 from __future__ import annotations
 
