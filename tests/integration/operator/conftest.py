@@ -12,10 +12,11 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp.web
 import httpx
 import kmock
 import pytest
@@ -29,15 +30,36 @@ DEADLINE_SECONDS = 15.0
 T = TypeVar("T")
 
 
+Interceptor = Callable[[Any], Awaitable["aiohttp.web.StreamResponse | None"]]
+
+
 class NamingEmulator(kmock.KubernetesEmulator):
-    """The emulator, plus the API server's handling of ``metadata.generateName`` (Kopf's Events use it)."""
+    """The emulator, plus the API server's handling of ``metadata.generateName`` (Kopf's Events use it),
+    a log of every request (method, path), and interceptors that may answer a request instead (an API
+    server's validation, a slow write)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request_log: list[tuple[str, str]] = []
+        self.interceptors: list[Interceptor] = []
 
     async def _handle(self, request: Any) -> Any:
+        self.request_log.append((str(request.method.value).upper(), request.url.path))
+        for interceptor in list(self.interceptors):
+            response = await interceptor(request)
+            if response is not None:
+                return response
         metadata = request.data.get("metadata") if isinstance(request.data, dict) else None
         named = isinstance(metadata, dict) and (metadata.get("name") or not metadata.get("generateName"))
         if request.method == "POST" and isinstance(metadata, dict) and not named:
             metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:8]
         return await super()._handle(request)
+
+
+def api_refusal(status: int, reason: str, message: str) -> aiohttp.web.Response:
+    """An answer shaped like the API server's ``Status`` on a refused write."""
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message}
+    return aiohttp.web.json_response({**body, "reason": reason, "code": status}, status=status)
 
 
 class EmulatedCluster:
@@ -87,6 +109,17 @@ class EmulatedCluster:
 
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
+
+    def intercept(self, interceptor: Interceptor) -> None:
+        """Let ``interceptor`` (a coroutine function of the request) answer requests first."""
+        assert self.emulator is not None
+        emulator = self.emulator
+        self.on_loop(lambda: emulator.interceptors.append(interceptor))
+
+    def requests(self, method: str, path: str) -> int:
+        """How many ``method`` requests for exactly ``path`` the emulator has served so far."""
+        assert self.emulator is not None
+        return sum(1 for logged in list(self.emulator.request_log) if logged == (method, path))
 
     def versions(self, resource: str, name: str, namespace: str = NAMESPACE) -> int:
         """How many versions (creations and writes) the emulator has stored for one object."""
