@@ -181,7 +181,9 @@ class LLMEngine:
         except Exception as error:
             failed = {entry.seq.request_id: self.requests[entry.seq.request_id] for entry in batch.entries}
             message = f"the engine failed while running this request: {type(error).__name__}: {error}"
-            raise StepFailed(message, [self._fail(request, message) for request in failed.values()]) from error
+            raise StepFailed(
+                message, [self._fail(request, message) for request in failed.values()]
+            ) from error
         sampled = [entry.seq for entry in batch.entries if entry.samples]
         moved: dict[str, Request] = {}
         for seq, sample in zip(sampled, samples, strict=True):

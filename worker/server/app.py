@@ -54,7 +54,11 @@ def create_app(
     served_name = served_name_of(config)
     metrics = WorkerMetrics(served_name)
     engine = AsyncEngine(
-        config, metrics, warm_up=warm_up, max_queued_requests=limits.max_queued_requests, health_limits=limits.health
+        config,
+        metrics,
+        warm_up=warm_up,
+        max_queued_requests=limits.max_queued_requests,
+        health_limits=limits.health,
     )
 
     @asynccontextmanager

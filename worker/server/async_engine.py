@@ -107,7 +107,11 @@ class OutputStream:
             if self._error is not None:
                 self._pending.clear()
                 raise self._error
-            ready = [choice for choice, pending in self._pending.items() if pending.has_text or pending.finish_reason]
+            ready = [
+                choice
+                for choice, pending in self._pending.items()
+                if pending.has_text or pending.finish_reason
+            ]
             if ready:
                 return [self._pending.pop(choice).as_delta() for choice in sorted(ready)]
             if self.finished:

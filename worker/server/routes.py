@@ -380,7 +380,11 @@ class _Call:
                 if last_read and include_usage:
                     yield _event(
                         chunk_type(
-                            id=self.id, created=self.created, model=self.model, choices=[], usage=usage(self.stream)
+                            id=self.id,
+                            created=self.created,
+                            model=self.model,
+                            choices=[],
+                            usage=usage(self.stream),
                         )
                     )
         except RequestFailed as error:

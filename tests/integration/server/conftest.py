@@ -30,7 +30,9 @@ READY_TIMEOUT_S = 120.0
 class RunningServer:
     """``create_app(config)`` served by uvicorn on 127.0.0.1:<free port> until ``stop()``."""
 
-    def __init__(self, config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None
+    ) -> None:
         self.app = create_app(config, api_key=api_key, limits=limits)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -96,7 +98,9 @@ def start_server() -> Iterator:
     the session."""
     started: list[RunningServer] = []
 
-    def start(config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None) -> RunningServer:
+    def start(
+        config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None
+    ) -> RunningServer:
         started.append(RunningServer(config, api_key=api_key, limits=limits).start())
         return started[-1]
 
