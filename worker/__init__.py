@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mili.worker.config import EngineConfig
-    from mili.worker.engine.request import CompletionOutput, RequestOutput
+    from mili.worker.engine.outputs import CompletionOutput, RequestOutput
     from mili.worker.llm import LLM
     from mili.worker.sampling_params import SamplingParams
 
 _EXPORTS = {
     "LLM": "mili.worker.llm",
-    "CompletionOutput": "mili.worker.engine.request",
+    "CompletionOutput": "mili.worker.engine.outputs",
     "EngineConfig": "mili.worker.config",
-    "RequestOutput": "mili.worker.engine.request",
+    "RequestOutput": "mili.worker.engine.outputs",
     "SamplingParams": "mili.worker.sampling_params",
 }
 

@@ -5,7 +5,8 @@ character (decoding it alone gives U+FFFD), and some decoders drop or add a spac
 comes before (SentencePiece's leading ``▁``). So each step decodes a short window of ids twice: the
 "prefix" (a few tokens already emitted, for context) and the prefix plus the unread tokens; the delta
 is what the second adds to the first. While the window's text ends in U+FFFD the character is still
-incomplete and nothing is emitted; the offsets only move once text is emitted.
+incomplete and nothing is emitted; the offsets only move once text is emitted. Emitted text is not
+kept: the caller owns it, so a long output costs the detokenizer nothing.
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ class IncrementalDetokenizer:
         self._ids: list[int] = list(prompt_token_ids[-PROMPT_CONTEXT_TOKENS:])
         self._prefix_offset = 0  # start of the context window in self._ids
         self._read_offset = len(self._ids)  # first id whose text has not been emitted
-        self._text = ""
-
-    @property
-    def text(self) -> str:
-        """All text emitted so far."""
-        return self._text
 
     def add_token(self, token_id: int) -> str:
         """Take the next generated id; return the text it completes (often ``""`` mid-character)."""
@@ -60,5 +55,4 @@ class IncrementalDetokenizer:
             del self._ids[: self._prefix_offset]
             self._read_offset -= self._prefix_offset
             self._prefix_offset = 0
-        self._text += delta
         return delta

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from mili.worker.config import EngineConfig
 from mili.worker.engine.llm_engine import LLMEngine
-from mili.worker.engine.request import RequestOutput
+from mili.worker.engine.outputs import RequestAccumulator, RequestOutput
 from mili.worker.model_source import DEFAULT_MODEL
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.tokenizer import Tokenizer
@@ -42,19 +42,21 @@ class LLM:
             sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError(f"got {len(sampling_params)} sampling params for {len(prompts)} prompts")
-        order = []
+        outputs: dict[str, RequestAccumulator] = {}
         for prompt, params in zip(prompts, sampling_params, strict=True):
             request_id = str(next(self._ids))
-            self.engine.add_request(request_id, prompt, params)
-            order.append(request_id)
-        finished: dict[str, RequestOutput] = {}
-        with tqdm(total=len(order), disable=not use_tqdm, desc="generate") as progress:
+            request = self.engine.add_request(request_id, prompt, params)
+            outputs[request_id] = RequestAccumulator(
+                request_id, request.prompt, request.prompt_token_ids, params.n
+            )
+        with tqdm(total=len(outputs), disable=not use_tqdm, desc="generate") as progress:
             while self.engine.has_unfinished_requests():
-                for output in self.engine.step():
-                    if output.finished:
-                        finished[output.request_id] = output
-                        progress.update(1)
-        return [finished[request_id] for request_id in order]
+                for delta in self.engine.step():
+                    outputs[delta.request_id].add(delta)
+                    if delta.error is not None:
+                        raise RuntimeError(f"request {delta.request_id} failed: {delta.error}")
+                    progress.update(int(delta.finished))
+        return [accumulated.output() for accumulated in outputs.values()]
 
     def chat(
         self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None

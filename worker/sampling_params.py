@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_CHARS = 1024
+# Below this a temperature (or a nucleus) keeps only the most likely token: decode greedily, since
+# dividing logits by it would overflow to inf and the softmax to NaN.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -66,6 +71,18 @@ class SamplingParams:
                 f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}",
             ),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (
+                len(self.stop) <= MAX_STOP_STRINGS,
+                f"stop must hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}",
+            ),
+            (
+                all(len(s) <= MAX_STOP_STRING_CHARS for s in self.stop),
+                f"stop strings must be at most {MAX_STOP_STRING_CHARS} characters long",
+            ),
+            (
+                all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+                "stop_token_ids must be non-negative integers",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -73,4 +90,5 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        """Only the most likely token can be drawn (temperature or top_p below ``GREEDY_BELOW``, top_k 1)."""
+        return self.temperature < GREEDY_BELOW or self.top_p < GREEDY_BELOW or self.top_k == 1

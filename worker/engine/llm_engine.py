@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 from mili.worker.config import EngineConfig
 from mili.worker.engine.block_manager import BlockManager
 from mili.worker.engine.model_runner import ModelRunner
-from mili.worker.engine.request import Request, RequestOutput
+from mili.worker.engine.outputs import RequestDelta
+from mili.worker.engine.request import Request
 from mili.worker.engine.scheduler import Scheduler
 from mili.worker.engine.sequence import Sequence
 from mili.worker.model_source import resolve_model_source
@@ -21,7 +22,21 @@ logger = logging.getLogger(__name__)
 
 
 class RequestRejected(ValueError):
-    """A request that can never be served as asked (too long, bad tokens); the message says why."""
+    """A request that can never be served as asked (too long, bad tokens); the message says why and
+    ``param`` names the request field at fault."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class StepFailed(RuntimeError):
+    """Running the model (or the sampler) failed for a whole batch: its requests were failed and
+    released, and ``deltas`` tell them so; every other request goes on."""
+
+    def __init__(self, message: str, deltas: list[RequestDelta]) -> None:
+        super().__init__(message)
+        self.deltas = deltas
 
 
 @dataclass
@@ -78,7 +93,7 @@ class LLMEngine:
         prompt: str | list[int],
         params: SamplingParams,
         arrival_time: float | None = None,
-    ) -> None:
+    ) -> Request:
         """Queue a request; raises RequestRejected if it can never be served as asked."""
         if request_id in self.requests:
             raise RequestRejected(f"request id {request_id!r} is already in use")
@@ -93,47 +108,64 @@ class LLMEngine:
         self.requests[request_id] = request
         for seq in request.seqs:
             self.scheduler.add(seq)
+        return request
 
     def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
+        """Every client value that indexes a tensor is checked here, before it can reach a step."""
         if not token_ids:
-            raise RequestRejected("the prompt is empty")
+            raise RequestRejected("the prompt is empty", param="prompt")
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in token_ids):
-            raise RequestRejected(f"prompt token ids must be in [0, {vocab})")
+            raise RequestRejected(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        if any(not 0 <= t < vocab for t in params.stop_token_ids):
+            raise RequestRejected(f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
         if len(token_ids) >= self.max_model_len:
             raise RequestRejected(
                 f"the prompt has {len(token_ids)} tokens; this model's context limit is {self.max_model_len} "
-                "tokens, prompt and output together"
+                "tokens, prompt and output together",
+                param="prompt",
             )
         if params.max_tokens is not None and len(token_ids) + params.max_tokens > self.max_model_len:
             raise RequestRejected(
                 f"prompt ({len(token_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
-                f"limit of {self.max_model_len} tokens"
+                f"limit of {self.max_model_len} tokens",
+                param="max_tokens",
             )
 
-    def abort_request(self, request_id: str) -> RequestOutput | None:
-        """Stop a request wherever it is and release its blocks; returns its final output
-        (unfinished samples end with finish_reason "abort"), or None for an unknown id."""
-        request = self.requests.pop(request_id, None)
+    def abort_request(self, request_id: str) -> RequestDelta | None:
+        """Stop a request wherever it is and release its blocks; returns its last delta (unfinished
+        sequences end with finish_reason "abort"), or None for an unknown id."""
+        request = self.requests.get(request_id)
         if request is None:
             return None
-        for seq in request.seqs:
-            if not seq.is_finished:
-                seq.finish_reason = seq.finish_reason or "abort"
-                self._finish(seq)
-        request.metrics.finished_time = time.monotonic()
-        return request.output()
+        self._end_request(request, "abort")
+        return self._take_delta(request)
+
+    def fail_request(self, request_id: str, message: str) -> RequestDelta | None:
+        """End a request with an error (its sequences finish with reason "error") and release it."""
+        request = self.requests.get(request_id)
+        return None if request is None else self._fail(request, message)
 
     def running_request_ids(self) -> set[str]:
-        """Requests with a sequence in the running batch (what a failed step was computing)."""
+        """Requests with a sequence in the running batch."""
         return {seq.request_id for seq in self.scheduler.running}
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
+    @property
+    def num_waiting_requests(self) -> int:
+        """Requests with a sequence waiting for the scheduler (new or preempted)."""
+        return len({seq.request_id for seq in self.scheduler.waiting})
+
     # --- the loop ---------------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
-        """Schedule, run the model, take the sampled tokens, report the requests that moved."""
+    def step(self) -> list[RequestDelta]:
+        """Schedule, run the model, take the sampled tokens, report what moved (one delta per request).
+
+        A failure while handling one sequence (detokenizing, stop strings) fails its request alone;
+        a failure of the batched model run or sampler fails the batch's requests and raises
+        ``StepFailed`` carrying their deltas.
+        """
         batch = self.scheduler.schedule()
         if not batch:
             return []
@@ -143,26 +175,52 @@ class LLMEngine:
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
                 metrics.num_cached_tokens = entry.seq.num_cached_tokens
-        samples = self.runner.run(batch, self.eos_token_ids)
-        self.scheduler.postprocess(batch)
+        try:
+            samples = self.runner.run(batch, self.eos_token_ids)
+            self.scheduler.postprocess(batch)
+        except Exception as error:
+            failed = {entry.seq.request_id: self.requests[entry.seq.request_id] for entry in batch.entries}
+            message = f"the engine failed while running this request: {type(error).__name__}: {error}"
+            raise StepFailed(
+                message, [self._fail(request, message) for request in failed.values()]
+            ) from error
         sampled = [entry.seq for entry in batch.entries if entry.samples]
-        touched: dict[str, Request] = {}
+        moved: dict[str, Request] = {}
         for seq, sample in zip(sampled, samples, strict=True):
             request = self.requests[seq.request_id]
-            request.append_token(
-                seq, sample.token_id, sample.logprobs, self.eos_token_ids, self.max_model_len
-            )
-            if seq.finish_reason is not None:
+            if request.error is not None:
+                continue  # another of its sequences failed earlier in this step
+            moved[seq.request_id] = request
+            try:
+                request.append_token(
+                    seq, sample.token_id, sample.logprobs, self.eos_token_ids, self.max_model_len
+                )
+                if seq.finish_reason is not None:
+                    self._finish(seq)
+            except Exception as error:
+                logger.exception("request %s failed while taking its token", seq.request_id)
+                request.error = f"the engine failed on this request: {type(error).__name__}: {error}"
+                self._end_request(request, "error")
+        return [self._take_delta(request) for request in moved.values()]
+
+    def _fail(self, request: Request, message: str) -> RequestDelta:
+        request.error = message
+        self._end_request(request, "error")
+        return self._take_delta(request)
+
+    def _end_request(self, request: Request, reason: str) -> None:
+        for seq in request.seqs:
+            if seq.finish_reason is None:
+                request.finish(seq, reason)
+            if not seq.is_finished:
                 self._finish(seq)
-            touched[seq.request_id] = request
-        outputs = []
-        for request_id, request in touched.items():
-            output = request.output()
-            if output.finished:
-                request.metrics.finished_time = time.monotonic()
-                del self.requests[request_id]
-            outputs.append(output)
-        return outputs
+
+    def _take_delta(self, request: Request) -> RequestDelta:
+        delta = request.take_delta()
+        if delta.finished:
+            request.metrics.finished_time = time.monotonic()
+            self.requests.pop(request.request_id, None)
+        return delta
 
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)

@@ -1,4 +1,9 @@
-"""A request's sequences and its user-facing output: detokenized text, stop handling, timings."""
+"""A request's n sequences and what each step adds to them: detokenized text, stop handling, deltas.
+
+Per sequence only what the next step needs is kept: the token ids (the model and the penalties read
+them), the detokenizer's short window and the held-back suffix of the stop strings. Text and logprobs
+leave in the step's delta and are not kept here.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +11,19 @@ import time
 from dataclasses import dataclass, field
 
 from mili.worker.detokenizer import IncrementalDetokenizer
+from mili.worker.engine.outputs import RequestDelta, RequestMetrics, SequenceDelta
 from mili.worker.engine.sequence import Sequence, TokenLogprobs
-from mili.worker.engine.stop_checker import find_stop, safe_prefix_len
+from mili.worker.engine.stop_checker import StopMatcher, StopStrings
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.tokenizer import Tokenizer
 
 
 @dataclass
-class CompletionOutput:
-    """One of a request's n samples. Before it finishes, ``text`` holds only what is safe to show
-    (a possible stop string at its end is held back), so it only ever grows."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None  # "stop", "length" or "abort" once finished
-    stop_reason: str | int | None = None
-    logprobs: list[TokenLogprobs] | None = None
-
-
-@dataclass
-class RequestMetrics:
-    arrival_time: float
-    first_scheduled_time: float | None = None
-    first_token_time: float | None = None
-    last_token_time: float | None = None
-    finished_time: float | None = None
-    num_cached_tokens: int = 0
-
-
-@dataclass
-class RequestOutput:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    outputs: list[CompletionOutput]
-    finished: bool
-    metrics: RequestMetrics
-
-
-@dataclass
-class _SampleState:
+class _SequenceState:
     seq: Sequence
     detokenizer: IncrementalDetokenizer
-    text: str = ""
-    visible_len: int = 0
+    stops: StopMatcher
+    delta: SequenceDelta | None = None  # what this step added, until the request's delta is taken
 
 
 @dataclass
@@ -61,10 +34,12 @@ class Request:
     params: SamplingParams
     tokenizer: Tokenizer
     arrival_time: float = field(default_factory=time.monotonic)
-    samples: list[_SampleState] = field(default_factory=list)
+    states: list[_SequenceState] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.metrics = RequestMetrics(arrival_time=self.arrival_time)
+        self.error: str | None = None
+        stops = StopStrings(self.params.stop, self.params.include_stop_str_in_output)
         for index in range(self.params.n):
             seq = Sequence(
                 self.request_id, index, list(self.prompt_token_ids), self.params, self.arrival_time
@@ -72,15 +47,15 @@ class Request:
             detokenizer = IncrementalDetokenizer(
                 self.tokenizer, self.prompt_token_ids, skip_special_tokens=self.params.skip_special_tokens
             )
-            self.samples.append(_SampleState(seq, detokenizer))
+            self.states.append(_SequenceState(seq, detokenizer, stops.matcher()))
 
     @property
     def seqs(self) -> list[Sequence]:
-        return [sample.seq for sample in self.samples]
+        return [state.seq for state in self.states]
 
     @property
     def finished(self) -> bool:
-        return all(sample.seq.is_finished for sample in self.samples)
+        return all(state.seq.finish_reason is not None for state in self.states)
 
     def append_token(
         self,
@@ -90,61 +65,69 @@ class Request:
         eos_token_ids: frozenset[int],
         max_model_len: int,
     ) -> None:
-        """Take a sampled token: extend text, decide whether the sequence is done (sets finish_reason)."""
+        """Take a sampled token: extend the text, decide whether the sequence is done (sets
+        ``finish_reason``), and record what moved for the next ``take_delta``."""
         now = time.monotonic()
         if self.metrics.first_token_time is None:
             self.metrics.first_token_time = now
         self.metrics.last_token_time = now
-        sample = self.samples[seq.index]
+        state = self.states[seq.index]
         params = self.params
         seq.token_ids.append(token_id)
+        delta = self._delta_of(state)
+        delta.token_ids.append(token_id)
         if logprobs is not None:
-            seq.logprobs.append(logprobs)
+            delta.logprobs.append(logprobs)
         past_min = seq.num_output_tokens >= params.min_tokens
         if past_min and (
             (token_id in eos_token_ids and not params.ignore_eos) or token_id in params.stop_token_ids
         ):
-            seq.finish_reason = "stop"
-            seq.stop_reason = None if token_id in eos_token_ids else token_id
+            self._end(state, "stop", None if token_id in eos_token_ids else token_id)
             return
-        delta = sample.detokenizer.add_token(token_id)
-        sample.text += delta
-        if past_min and params.stop and delta:
-            hit = find_stop(sample.text, len(delta), params.stop)
-            if hit is not None:
-                index, stop = hit
-                sample.text = sample.text[: index + (len(stop) if params.include_stop_str_in_output else 0)]
-                seq.finish_reason, seq.stop_reason = "stop", stop
+        new_text = state.detokenizer.add_token(token_id)
+        if new_text:
+            shown, stop = state.stops.feed(new_text, detect=past_min)
+            delta.text += shown
+            if stop is not None:
+                self._end(state, "stop", stop)
                 return
         if (params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens) or len(
             seq
         ) >= max_model_len:
-            seq.finish_reason = "length"
+            self._end(state, "length", None)
 
-    def output(self) -> RequestOutput:
-        outputs = []
-        for sample in self.samples:
-            seq = sample.seq
-            if seq.finish_reason is None and self.params.stop:
-                visible = safe_prefix_len(sample.text, self.params.stop)
-            else:
-                visible = len(sample.text)
-            sample.visible_len = max(sample.visible_len, visible)
-            outputs.append(
-                CompletionOutput(
-                    index=seq.index,
-                    text=sample.text[: sample.visible_len],
-                    token_ids=list(seq.output_token_ids),
-                    finish_reason=seq.finish_reason,
-                    stop_reason=seq.stop_reason,
-                    logprobs=list(seq.logprobs) if self.params.logprobs is not None else None,
-                )
-            )
-        return RequestOutput(
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """End a sequence from outside a step (abort, failure); its held-back text is dropped."""
+        if seq.finish_reason is None:
+            state = self.states[seq.index]
+            seq.finish_reason, seq.stop_reason = reason, None
+            self._delta_of(state).finish_reason = reason
+
+    def _end(self, state: _SequenceState, reason: str, stop_reason: str | int | None) -> None:
+        delta = self._delta_of(state)
+        if reason != "stop" or not isinstance(stop_reason, str):
+            # No stop string ended it: held-back text is text after all, and so is a last
+            # incomplete character (as U+FFFD, as a full decode shows it).
+            delta.text += state.stops.release() + state.detokenizer.flush()
+        state.seq.finish_reason, state.seq.stop_reason = reason, stop_reason
+        delta.finish_reason, delta.stop_reason = reason, stop_reason
+
+    def _delta_of(self, state: _SequenceState) -> SequenceDelta:
+        if state.delta is None:
+            logprobs = [] if self.params.logprobs is not None else None
+            state.delta = SequenceDelta(state.seq.index, [], "", logprobs)
+        return state.delta
+
+    def take_delta(self) -> RequestDelta:
+        """What moved since the last call, as one delta (the sequences that moved, in index order)."""
+        moved = [state.delta for state in self.states if state.delta is not None]
+        for state in self.states:
+            state.delta = None
+        return RequestDelta(
             request_id=self.request_id,
-            prompt=self.prompt,
-            prompt_token_ids=self.prompt_token_ids,
-            outputs=outputs,
+            num_prompt_tokens=len(self.prompt_token_ids),
+            sequences=moved,
             finished=self.finished,
             metrics=self.metrics,
+            error=self.error,
         )
