@@ -215,6 +215,7 @@ def check_decode_splits(block_tables: torch.Tensor, block_size: int) -> int:
     if splits > DECODE_MAX_SPLITS:
         raise fail(
             "decode_attention",
-            f"block_tables allow {max_tokens} tokens, more than {DECODE_MAX_SPLITS * DECODE_PARTITION} supported",
+            f"block_tables allow {max_tokens} tokens, "
+            f"more than {DECODE_MAX_SPLITS * DECODE_PARTITION} supported",
         )
     return splits

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mili.kernels import select_backend
+from mili.kernels import KernelShapes, choose_backend
 from mili.worker.config import EngineConfig
 from mili.worker.engine.context import AttentionContext, set_context
 from mili.worker.engine.sampler import Sampler, SampleResult
@@ -36,6 +36,21 @@ def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) ->
     return getattr(torch, name)
 
 
+def kernel_shapes(model_config: ModelConfig, config: EngineConfig, dtype: torch.dtype) -> KernelShapes:
+    """The shapes the kernel self-check draws its inputs in: this model's."""
+    mc = model_config
+    return KernelShapes(
+        hidden_size=mc.hidden_size,
+        intermediate_size=mc.intermediate_size,
+        num_heads=mc.num_heads,
+        num_kv_heads=mc.num_kv_heads,
+        head_dim=mc.head_dim,
+        block_size=config.block_size,
+        dtype=dtype,
+        qk_norm=mc.qk_norm,
+    )
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_dir: Path, model_config: ModelConfig) -> None:
         self.config = config
@@ -43,7 +58,10 @@ class ModelRunner:
         self.block_size = config.block_size
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, model_config, self.device)
-        self.backend = select_backend(config.kernels, self.device)
+        self.kernel_choice = choose_backend(
+            config.kernels, self.device, kernel_shapes(model_config, config, self.dtype)
+        )
+        self.backend = self.kernel_choice.backend
         self.model = load_model(model_dir, model_config, self.backend, self.dtype, self.device)
         self.num_blocks = self._size_kv_pool()
         self.kv_cache = self._allocate_kv_cache()

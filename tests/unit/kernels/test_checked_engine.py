@@ -9,13 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from mili.kernels import BackendChoice
 from mili.kernels.checked_backend import CheckedTorchBackend
 from mili.worker import LLM, SamplingParams
 from mili_testing.tiny_models import build_tiny_model
 
 ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM")
 PROMPT_LENGTHS = (1, 2, 17, 64, 129, 300)
-ALL_OPS = {"rms_norm", "rotary_embedding", "silu_and_mul", "store_kv", "decode_attention", "prefill_attention"}
+ALL_OPS = {
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "store_kv",
+    "decode_attention",
+    "prefill_attention",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +40,8 @@ def test_engine_calls_pass_the_cuda_argument_checks(
     head_dim_64_models, monkeypatch, architecture, dtype, block_size
 ) -> None:
     backend = CheckedTorchBackend("cpu")
-    monkeypatch.setattr("mili.worker.engine.model_runner.select_backend", lambda *args, **kw: backend)
+    choice = BackendChoice(backend, "requested")
+    monkeypatch.setattr("mili.worker.engine.model_runner.choose_backend", lambda *args, **kw: choice)
     # 12 blocks of 32 (or 24 of 16) = 384 tokens: the 300-token prompt fits, the batch does not.
     llm = LLM(
         model=str(head_dim_64_models[architecture]),
