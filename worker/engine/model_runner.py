@@ -65,7 +65,7 @@ class ModelRunner:
         self.model = load_model(model_dir, model_config, self.backend, self.dtype, self.device)
         self.num_blocks = self._size_kv_pool()
         self.kv_cache = self._allocate_kv_cache()
-        self.sampler = Sampler(config.seed)
+        self.sampler = Sampler(config.seed, model_config.vocab_size, self.device)
 
     # --- KV cache ---------------------------------------------------------------------------------
     @property
