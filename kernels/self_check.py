@@ -46,14 +46,15 @@ class SelfCheckFailed(RuntimeError):
 
 
 def compare(op: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """atol/rtol and a per-row relative norm (a few wrong rows in a large tensor cannot hide); a NaN
-    where the reference has none means an element the kernel never wrote."""
+    """atol/rtol and a per-row relative norm (a few wrong rows in a large tensor cannot hide), with the
+    tolerances of ``actual``'s dtype (``expected`` may be a float32 reference); a NaN where the
+    reference has none means an element the kernel never wrote."""
     if actual.shape != expected.shape:
         raise SelfCheckFailed(op, f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
     actual32, expected32 = actual.float(), expected.float()
     if bool(torch.isnan(actual32).any()) and not bool(torch.isnan(expected32).any()):
         raise SelfCheckFailed(op, f"{int(torch.isnan(actual32).sum())} NaN elements (unwritten output?)")
-    tol = TOLERANCE[expected.dtype]
+    tol = TOLERANCE[actual.dtype]
     diff = (actual32 - expected32).abs()
     bound = tol + tol * expected32.abs()
     if bool((diff > bound).any()):
@@ -65,7 +66,7 @@ def compare(op: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
         )
     rows_a, rows_e = actual32.reshape(actual32.shape[0], -1), expected32.reshape(expected32.shape[0], -1)
     relative = (rows_a - rows_e).norm(dim=1) / rows_e.norm(dim=1).clamp(min=1e-6)
-    limit = ROW_RELATIVE_NORM[expected.dtype]
+    limit = ROW_RELATIVE_NORM[actual.dtype]
     if bool((relative > limit).any()):
         raise SelfCheckFailed(op, f"row relative error {float(relative.max()):.3g} > {limit}")
 
