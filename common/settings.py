@@ -307,6 +307,14 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
         optional=True,
     ),
+    Setting(
+        "enforce_eager",
+        bool,
+        False,
+        "run every decode step eagerly (no CUDA graphs)",
+        flag="--enforce-eager",
+        crd="engine.enforceEager",
+    ),
     Setting("cpu_kv_cache_bytes", int, 512 * 2**20, "KV pool size on CPU, in bytes", minimum=1),
     Setting("seed", int, 0, "random seed of sampling", flag="--seed", minimum=0),
 )

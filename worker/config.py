@@ -31,6 +31,7 @@ class EngineConfig:
     num_kv_blocks: int | None = default("num_kv_blocks")  # fixes the pool size, overriding the sizing
     prefix_caching: bool = default("prefix_caching")
     kernels: str = default("kernels")
+    enforce_eager: bool = default("enforce_eager")  # True: no CUDA graphs (decode runs eagerly)
     seed: int = default("seed")
 
     def __post_init__(self) -> None:
