@@ -62,6 +62,7 @@ class EngineSpec:
     max_num_batched_tokens: int = default("max_num_batched_tokens")
     prefix_caching: bool = default("prefix_caching")
     shutdown_timeout_seconds: int = default("shutdown_timeout_seconds")
+    enforce_eager: bool = default("enforce_eager")
 
 
 @dataclass(frozen=True)

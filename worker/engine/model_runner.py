@@ -200,9 +200,10 @@ class ModelRunner:
                 hidden = self.model(input_ids, positions)
             finally:
                 set_context(None)
-        logits = self.model.compute_logits(hidden[logits_rows])
         seqs = [entry.seq for entry in batch.entries if entry.samples]
-        return self.sampler(logits, seqs, eos_token_ids)
+        if not seqs:  # only prefill chunks that end before their prompt does
+            return []
+        return self.sampler(self.model.compute_logits(hidden[logits_rows]), seqs, eos_token_ids)
 
     def _graph_can_run(self, batch: ScheduledBatch, context: AttentionContext) -> bool:
         return (

@@ -30,6 +30,7 @@ PROBES = {
     "max_num_seqs": [1, 256, 0, -1, 1.5],
     "max_num_batched_tokens": [1, 8192, 0],
     "prefix_caching": [True, False, "yes", 1],
+    "enforce_eager": [True, False, "no", 0],
     "shutdown_timeout_seconds": [1, 30, 3600, 0, 3601],
 }
 
