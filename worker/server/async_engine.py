@@ -228,12 +228,10 @@ class AsyncEngine:
     # --- requests (event loop side) ---------------------------------------------------------------
     @property
     def num_queued_requests(self) -> int:
-        """Requests waiting for a place in the running batch: those in the scheduler's queue, plus
-        those admitted by handlers that the batch's free places (none while anything waits) will not
-        take at once."""
-        waiting = self.num_waiting_requests
-        free = 0 if waiting else max(0, self.config.max_num_seqs - self.num_running_seqs)
-        return waiting + max(0, self._admitting - free)
+        """Requests beyond the running batch's places (``max_num_seqs``): of everything in the
+        engine or on its way there (admitted by handlers), what the batch cannot take now."""
+        in_system = self.num_running_seqs + self.num_waiting_requests + self._admitting
+        return max(0, in_system - self.config.max_num_seqs)
 
     @property
     def queue_is_full(self) -> bool:
