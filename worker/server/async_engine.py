@@ -155,6 +155,7 @@ class AsyncEngine:
         self.last_iteration = time.monotonic()
         self.consecutive_failed_steps = 0
         self.num_waiting_requests = 0  # written by the engine thread: its scheduler's waiting requests
+        self.num_running_seqs = 0  # written by the engine thread: sequences in the running batch
         self._has_work = False  # written by the engine thread before each step
         self._admitting = 0  # requests admitted by handlers and not yet counted by the engine
         self._ready = threading.Event()
@@ -227,8 +228,10 @@ class AsyncEngine:
     # --- requests (event loop side) ---------------------------------------------------------------
     @property
     def num_queued_requests(self) -> int:
-        """Requests waiting for the engine: admitted by handlers, or in its scheduler's queue."""
-        return self._admitting + self.num_waiting_requests
+        """Requests beyond the running batch's places (``max_num_seqs``): of everything in the
+        engine or on its way there (admitted by handlers), what the batch cannot take now."""
+        in_system = self.num_running_seqs + self.num_waiting_requests + self._admitting
+        return max(0, in_system - self.config.max_num_seqs)
 
     @property
     def queue_is_full(self) -> bool:
@@ -318,8 +321,12 @@ class AsyncEngine:
                 self._has_work = running and engine.has_unfinished_requests()
                 if self._has_work:
                     self._step(engine)
-                self.num_waiting_requests = engine.num_waiting_requests
-                self.metrics.observe_stats(engine.stats())
+                stats = engine.stats()
+                self.num_waiting_requests, self.num_running_seqs = (
+                    engine.num_waiting_requests,
+                    stats.num_running,
+                )
+                self.metrics.observe_stats(stats)
             except Exception:
                 self.consecutive_failed_steps += 1
                 logger.exception("engine loop iteration failed; the loop continues")
