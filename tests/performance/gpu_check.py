@@ -380,10 +380,16 @@ def model_kernel_shapes(dry_run: bool) -> dict[str, KernelShapes]:
 
 
 def sanitizer_smoke(env: Env) -> int:
-    """One small case of each kernel (the self-check's), bf16 and fp32, for compute-sanitizer."""
-    for dtype in (torch.bfloat16, torch.float32):
-        shapes = KernelShapes(256, 512, 8, 2, 128, 16, dtype, qk_norm=True)
-        run_self_check(env.candidate, shapes, env.device)
+    """One small case of each kernel for compute-sanitizer: the self-check's in bf16 and fp16, and the
+    float32 variants (no prefill kernel in float32)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        run_self_check(env.candidate, KernelShapes(256, 512, 8, 2, 128, 16, dtype, qk_norm=True), env.device)
+    decode_once(env, torch.float32, 8, 2, 128, 16, 3, 600, 1.0)
+    x, w = randn(env, 5, 256, dtype=torch.float32), randn(env, 256, dtype=torch.float32)
+    env.candidate.rms_norm(x, w, 1e-6, x.clone())
+    env.candidate.silu_and_mul(randn(env, 5, 512, dtype=torch.float32))
+    rotary(env, torch.float32, 8, 2, 128)
+    store(env, torch.float32, 2, 128)
     if env.on_gpu:
         torch.cuda.synchronize(env.device)
     print("sanitizer smoke: every kernel ran", flush=True)

@@ -67,7 +67,7 @@ class Refuses(CheckedTorchBackend):
 
 
 def dtypes_and_heads():
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+    for dtype in (torch.bfloat16, torch.float16):
         for heads, kv_heads in ((8, 8), (8, 1), (16, 8)):
             yield KernelShapes(256, 512, heads, kv_heads, 128, 32, dtype, qk_norm=True)
 
@@ -76,6 +76,12 @@ def dtypes_and_heads():
 def test_launcher_checks_accept_every_self_check_input(shapes: KernelShapes) -> None:
     # CheckedTorchBackend refuses what CudaBackend refuses: the self-check never trips a launcher.
     run_self_check(CheckedTorchBackend(CPU), shapes, CPU)
+
+
+def test_a_float32_model_fails_the_check_on_the_tensor_core_prefill() -> None:
+    shapes = KernelShapes(256, 512, 8, 2, 128, 16, torch.float32, qk_norm=True)
+    with pytest.raises(SelfCheckFailed, match="prefill_attention: float32 is not supported"):
+        run_self_check(CheckedTorchBackend(CPU), shapes, CPU)
 
 
 @pytest.mark.parametrize(
