@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from mili.worker.engine.sequence import Sequence, TokenLogprobs
+from mili.worker.structured.logits import BatchConstrainer
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Sampler:
     def __init__(self, seed: int) -> None:
         self.generator = torch.Generator().manual_seed(seed)
         self._seeded: dict[int, torch.Generator] = {}
+        self.constrain = BatchConstrainer()
 
     def forget(self, seq: Sequence) -> None:
         """Drop the per-sequence generator of a finished sequence."""
@@ -43,6 +45,7 @@ class Sampler:
                 banned = list(seq.params.stop_token_ids) + list(eos_token_ids)
                 if banned:
                     logits[row, banned] = float("-inf")
+        self.constrain(logits, seqs)  # logit_bias, allowed ids, bad words, grammar bitmasks
         token_ids = logits.argmax(dim=-1)
         random_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
         if random_rows:
