@@ -1,14 +1,15 @@
 """The worker's Prometheus metrics: exactly the names, types and labels of DESIGN.md "Metrics".
 
 One ``WorkerMetrics`` per server, on its own registry (so several servers can live in one process, as
-in tests). The engine loop feeds it: ``observe_step`` after every step with the engine's stats and the
-outputs that moved; ``observe_abort`` when a request is aborted. Latencies come from the engine's
-``RequestMetrics`` (``time.monotonic()`` stamps), so TTFT is measured from arrival.
+in tests). The engine loop feeds it: ``observe_stats`` after every iteration with the engine's stats,
+``observe_delta`` with every request delta (steps, aborts, failures); the server counts the requests it
+refuses with ``observe_rejection``. Latencies come from the engine's ``RequestMetrics``
+(``time.monotonic()`` stamps), so TTFT is measured from arrival.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,7 +22,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mili.worker.engine.llm_engine import EngineStats
-from mili.worker.engine.request import RequestOutput
+from mili.worker.engine.outputs import RequestDelta
 
 __all__ = ["CONTENT_TYPE_LATEST", "WorkerMetrics"]
 
@@ -42,9 +43,9 @@ REQUEST_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0
 class _Progress:
     """What the metrics have already counted for one in-flight request."""
 
-    num_output_tokens: int = 0
     last_token_time: float | None = None
     first_token_seen: bool = False
+    finish_reasons: set[str] = field(default_factory=set)
 
 
 class WorkerMetrics:
@@ -85,6 +86,13 @@ class WorkerMetrics:
             "mili_requests", "Finished requests by finish reason.", ["model_name", "finish_reason"],
             registry=self.registry,
         )  # fmt: skip
+        self._rejected = Counter(
+            "mili_requests_rejected", "Requests refused before reaching the engine, by reason.",
+            ["model_name", "reason"], registry=self.registry,
+        )  # fmt: skip
+        self.max_queued_requests = gauge(
+            "mili_max_queued_requests", "Waiting requests beyond which new ones are refused (503)."
+        )
         self.time_to_first_token = histogram(
             "mili_time_to_first_token_seconds",
             "Time from arrival to the first generated token.",
@@ -124,16 +132,15 @@ class WorkerMetrics:
         self.prefix_hit_tokens.inc(max(0, stats.prefix_hit_tokens - counted.prefix_hit_tokens))
         self._counted = stats
 
-    def observe_output(self, output: RequestOutput) -> None:
-        """Count the tokens and latencies of one request's step output."""
-        progress = self._progress.setdefault(output.request_id, _Progress())
-        timing = output.metrics
-        num_tokens = sum(len(completion.token_ids) for completion in output.outputs)
-        self.generation_tokens.inc(max(0, num_tokens - progress.num_output_tokens))
-        progress.num_output_tokens = max(num_tokens, progress.num_output_tokens)
+    def observe_delta(self, delta: RequestDelta) -> None:
+        """Count the tokens and latencies of one request's delta; count the request when it ends."""
+        progress = self._progress.setdefault(delta.request_id, _Progress())
+        timing = delta.metrics
+        self.generation_tokens.inc(sum(len(sequence.token_ids) for sequence in delta.sequences))
+        progress.finish_reasons.update(s.finish_reason for s in delta.sequences if s.finish_reason)
         if timing.first_token_time is not None and not progress.first_token_seen:
             progress.first_token_seen = True
-            self.prompt_tokens.inc(len(output.prompt_token_ids))
+            self.prompt_tokens.inc(delta.num_prompt_tokens)
             self.time_to_first_token.observe(timing.first_token_time - timing.arrival_time)
             if timing.first_scheduled_time is not None:
                 self.request_queue_time.observe(timing.first_scheduled_time - timing.arrival_time)
@@ -141,18 +148,17 @@ class WorkerMetrics:
         if last is not None and progress.last_token_time is not None and last > progress.last_token_time:
             self.inter_token_latency.observe(last - progress.last_token_time)
         progress.last_token_time = last
-        if output.finished:
-            del self._progress[output.request_id]
-            self._requests.labels(self.model_name, _request_finish_reason(output)).inc()
+        if delta.finished:
+            del self._progress[delta.request_id]
+            reason = "error" if delta.error is not None else _request_finish_reason(progress.finish_reasons)
+            self._requests.labels(self.model_name, reason).inc()
             end = timing.finished_time if timing.finished_time is not None else last
             if end is not None:
-                self.e2e_request_latency.observe(end - timing.arrival_time)
+                self.e2e_request_latency.observe(max(0.0, end - timing.arrival_time))
 
-    def observe_end(self, request_id: str, reason: str, arrival_time: float, end_time: float) -> None:
-        """A request that ended outside a normal step (aborted, or failed): count it by ``reason``."""
-        self._progress.pop(request_id, None)
-        self._requests.labels(self.model_name, reason).inc()
-        self.e2e_request_latency.observe(max(0.0, end_time - arrival_time))
+    def observe_rejection(self, reason: str) -> None:
+        """A request the server refused before the engine saw it (``queue_full``, ``body_too_large``, ...)."""
+        self._rejected.labels(self.model_name, reason).inc()
 
     def requests_total(self, finish_reason: str) -> float:
         """Current value of ``mili_requests_total{finish_reason}`` (for tests and logs)."""
@@ -165,10 +171,9 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
-def _request_finish_reason(output: RequestOutput) -> str:
-    """One reason per request: "abort" or "length" if any of its samples ended so, else "stop"."""
-    reasons = {completion.finish_reason for completion in output.outputs}
-    for reason in ("abort", "length"):
+def _request_finish_reason(reasons: set[str]) -> str:
+    """One reason per request: "error", "abort" or "length" if any of its samples ended so, else "stop"."""
+    for reason in ("error", "abort", "length"):
         if reason in reasons:
             return reason
     return "stop"

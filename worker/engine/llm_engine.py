@@ -153,6 +153,11 @@ class LLMEngine:
         self._end_request(request, "abort")
         return self._take_delta(request)
 
+    def fail_request(self, request_id: str, message: str) -> RequestDelta | None:
+        """End a request with an error (its sequences finish with reason "error") and release it."""
+        request = self.requests.get(request_id)
+        return None if request is None else self._fail(request, message)
+
     def running_request_ids(self) -> set[str]:
         """Requests with a sequence in the running batch."""
         return {seq.request_id for seq in self.scheduler.running}

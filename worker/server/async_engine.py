@@ -1,10 +1,11 @@
 """The engine in its own thread, fed by asyncio handlers.
 
 ``LLMEngine`` is synchronous and not thread-safe, so exactly one thread owns it: it loads the weights,
-runs a warm-up generation, then loops: take commands (add, abort, stop), run one step, hand the outputs
+runs a warm-up generation, then loops: take commands (add, abort, stop), run one step, hand the deltas
 to the event loop, update the metrics. Handlers never touch the engine: they enqueue a command and
-await a per-request ``RequestStream``. The loop survives anything: a failing step fails only the
-requests that were running (they get an error, their blocks are released) and the loop goes on.
+read an ``OutputStream``. The loop survives anything: a failing step fails only the requests of its
+batch (they get an error, their blocks are released) and the loop goes on; ``health_problem`` says
+when it keeps failing or stops making progress.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import time
 from dataclasses import dataclass
 
 from mili.worker.config import EngineConfig
-from mili.worker.engine.llm_engine import LLMEngine, RequestRejected
-from mili.worker.engine.request import RequestOutput
+from mili.worker.engine.llm_engine import LLMEngine, RequestRejected, StepFailed
+from mili.worker.engine.outputs import OutputAccumulator, RequestDelta, SequenceDelta
 from mili.worker.metrics import WorkerMetrics
 from mili.worker.sampling_params import SamplingParams
+from mili.worker.server.limits import HealthLimits
 from mili.worker.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ class EngineUnavailable(RuntimeError):
 
 class RequestFailed(RuntimeError):
     """The engine failed while running this request; the request was aborted."""
+
+
+class QueueFull(RuntimeError):
+    """More requests wait than ``max_queued_requests`` allows; retry later or elsewhere."""
 
 
 @dataclass
@@ -55,54 +61,106 @@ class _Abort:
 _STOP = object()
 
 
-class RequestStream:
-    """One request's outputs, in order, as ``async for output in stream``.
+class OutputStream:
+    """The deltas of one API call's engine requests (one per prompt, ``n`` sequences each), read as
+    ``async for deltas in stream``; sequence ``i`` of prompt ``p`` is choice ``p * n + i``.
 
-    Outputs are cumulative (text, token ids and logprobs so far), so a reader that falls behind skips
-    to the newest one and loses nothing. Ends after the finished output; an engine failure raises
-    ``RequestFailed``.
+    Deltas that arrive while the reader is busy (or not reading at all) are added up per choice, never
+    queued: an unread stream holds at most its output once. A read returns the choices that gained
+    text or finished (tokens without text yet wait for their text). It ends after every choice
+    finished; an engine failure raises ``RequestFailed``.
     """
 
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self._done = False
+    def __init__(self, num_requests: int, n: int) -> None:
+        self.n = n
+        self.num_prompt_tokens = 0
+        self.num_completion_tokens = 0
+        self._unfinished = num_requests
+        self._pending: dict[int, OutputAccumulator] = {}
+        self._error: RequestFailed | None = None
+        self._wakeup = asyncio.Event()
 
-    def put(self, item: RequestOutput | BaseException) -> None:
-        self._queue.put_nowait(item)
+    @property
+    def finished(self) -> bool:
+        return self._unfinished == 0
 
-    def __aiter__(self) -> RequestStream:
+    def put(self, prompt_index: int, delta: RequestDelta) -> None:
+        if delta.error is not None:
+            self._error = RequestFailed(delta.error)
+        for sequence in delta.sequences:
+            choice = prompt_index * self.n + sequence.index
+            pending = self._pending.get(choice)
+            if pending is None:
+                pending = self._pending[choice] = OutputAccumulator(choice)
+            pending.add(sequence)
+            self.num_completion_tokens += len(sequence.token_ids)
+        if delta.finished:
+            self.num_prompt_tokens += delta.num_prompt_tokens
+            self._unfinished -= 1
+        self._wakeup.set()
+
+    def __aiter__(self) -> OutputStream:
         return self
 
-    async def __anext__(self) -> RequestOutput:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        while not isinstance(item, BaseException) and not item.finished and not self._queue.empty():
-            item = self._queue.get_nowait()
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        self._done = item.finished
-        return item
+    async def __anext__(self) -> list[SequenceDelta]:
+        while True:
+            if self._error is not None:
+                self._pending.clear()
+                raise self._error
+            ready = [choice for choice, pending in self._pending.items() if pending.has_text or pending.finish_reason]
+            if ready:
+                return [self._pending.pop(choice).as_delta() for choice in sorted(ready)]
+            if self.finished:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+
+class Admission:
+    """Requests a handler is about to add, counted as queued from admission until the engine counts
+    them itself; ``release()`` once they were added (or refused)."""
+
+    def __init__(self, engine: AsyncEngine, count: int) -> None:
+        self._engine = engine
+        self._count = count
+        engine._admitting += count
+
+    def release(self) -> None:
+        self._engine._admitting -= self._count
+        self._count = 0
 
 
 class AsyncEngine:
     """Owns the engine thread; the asyncio side of the server talks only to this."""
 
-    def __init__(self, config: EngineConfig, metrics: WorkerMetrics, warm_up: bool = True) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        metrics: WorkerMetrics,
+        warm_up: bool = True,
+        max_queued_requests: int | None = None,
+        health_limits: HealthLimits | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.warm_up = warm_up
+        self.max_queued_requests = max_queued_requests
+        self.health_limits = health_limits or HealthLimits()
         self.engine: LLMEngine | None = None
         self.load_error: str | None = None
         self.last_iteration = time.monotonic()
+        self.consecutive_failed_steps = 0
+        self.num_waiting_requests = 0  # written by the engine thread: its scheduler's waiting requests
+        self._has_work = False  # written by the engine thread before each step
+        self._admitting = 0  # requests admitted by handlers and not yet counted by the engine
         self._ready = threading.Event()
         self._finished_loading = threading.Event()
         self._commands: queue.Queue = queue.Queue()
-        self._streams: dict[str, RequestStream] = {}  # touched only on the event loop
+        self._streams: dict[str, tuple[OutputStream, int]] = {}  # touched only on the event loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="mili-engine", daemon=True)
+        if max_queued_requests is not None:
+            metrics.max_queued_requests.set(max_queued_requests)
 
     # --- lifecycle (event loop side) --------------------------------------------------------------
     def start(self) -> None:
@@ -119,6 +177,18 @@ class AsyncEngine:
     def alive(self) -> bool:
         """The engine thread is loading or looping (not failed, not stopped)."""
         return self._thread.is_alive() and self.load_error is None
+
+    def health_problem(self) -> str | None:
+        """Why the engine is not healthy (dead, failing every step, or stuck), or None when it is."""
+        if not self.alive:
+            return self.unavailable_reason()
+        limits = self.health_limits
+        if self.consecutive_failed_steps >= limits.max_failed_steps:
+            return f"the last {self.consecutive_failed_steps} engine steps failed"
+        stalled_for = time.monotonic() - self.last_iteration
+        if self._ready.is_set() and self._has_work and stalled_for > limits.stall_timeout_s:
+            return f"no engine step finished for {stalled_for:.0f} s while requests are pending"
+        return None
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         """Block until loading ended (ready or failed); True when it ended within ``timeout``."""
@@ -151,16 +221,35 @@ class AsyncEngine:
         return "the model is still loading; retry when /ready answers 200"
 
     # --- requests (event loop side) ---------------------------------------------------------------
-    async def add_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival_time: float
-    ) -> RequestStream:
-        """Queue a request; returns its stream once the engine accepted it.
+    @property
+    def num_queued_requests(self) -> int:
+        """Requests waiting for the engine: admitted by handlers, or in its scheduler's queue."""
+        return self._admitting + self.num_waiting_requests
 
-        Raises ``RequestRejected`` (a ValueError saying why) when the engine refuses it.
-        """
+    def admit(self, count: int) -> Admission:
+        """Count ``count`` new requests as queued, or raise ``QueueFull`` if that passes the limit.
+        Admitted requests are never dropped for lack of room later."""
         self._loaded_engine()
-        stream = RequestStream(request_id)
-        self._streams[request_id] = stream
+        limit = self.max_queued_requests
+        if limit is not None and self.num_queued_requests + count > limit:
+            raise QueueFull(
+                f"the server is at capacity ({limit} requests waiting); retry later or on another replica"
+            )
+        return Admission(self, count)
+
+    async def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float,
+        stream: OutputStream,
+        prompt_index: int = 0,
+    ) -> None:
+        """Queue a request whose deltas go to ``stream`` (as prompt ``prompt_index``); returns once
+        the engine accepted it. Raises ``RequestRejected`` (a ValueError saying why) when it refuses."""
+        self._loaded_engine()
+        self._streams[request_id] = (stream, prompt_index)
         accepted = asyncio.get_running_loop().create_future()
         self._commands.put(_Add(request_id, prompt_token_ids, params, arrival_time, accepted))
         try:
@@ -171,7 +260,6 @@ class AsyncEngine:
         except BaseException:
             self.abort(request_id)  # cancelled while queued: the engine may hold it by now
             raise
-        return stream
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks (safe to call for finished or unknown ids)."""
@@ -218,14 +306,18 @@ class AsyncEngine:
         while running:
             try:
                 running = self._take_commands(engine, block=not engine.has_unfinished_requests())
-                if running and engine.has_unfinished_requests():
+                self._has_work = running and engine.has_unfinished_requests()
+                if self._has_work:
                     self._step(engine)
+                self.num_waiting_requests = engine.num_waiting_requests
                 self.metrics.observe_stats(engine.stats())
             except Exception:
+                self.consecutive_failed_steps += 1
                 logger.exception("engine loop iteration failed; the loop continues")
             self.last_iteration = time.monotonic()
         for request_id in list(engine.requests):
             self._abort(engine, request_id)
+        self._has_work = False
         self.metrics.observe_stats(engine.stats())
         logger.info("engine loop stopped")
 
@@ -261,49 +353,57 @@ class AsyncEngine:
                 )
             self._call_soon(_settle, command.accepted, error)
             return
+        self.num_waiting_requests += 1  # counted before the handler stops counting it (no gap)
         self._call_soon(_settle, command.accepted, None)
 
-    def _abort(self, engine: LLMEngine, request_id: str, notify: bool = True, reason: str = "abort") -> None:
-        output = engine.abort_request(request_id)
-        if output is None:
+    def _abort(self, engine: LLMEngine, request_id: str, notify: bool = True) -> None:
+        delta = engine.abort_request(request_id)
+        if delta is None:
             return
-        self.metrics.observe_end(request_id, reason, output.metrics.arrival_time, time.monotonic())
-        logger.info("request %s ended: %s", request_id, reason)
+        self.metrics.observe_delta(delta)
+        logger.info("request %s ended: abort", request_id)
         if notify:
-            self._deliver([(request_id, output)])
+            self._deliver([delta])
 
     def _step(self, engine: LLMEngine) -> None:
         try:
-            outputs = engine.step()
-        except Exception as error:
+            deltas = engine.step()
+        except StepFailed as failure:
+            self.consecutive_failed_steps += 1
+            logger.exception("engine step failed; failed the %d request(s) of its batch", len(failure.deltas))
+            deltas = failure.deltas
+        except Exception as error:  # a bug outside the model run: fail what was running, go on
+            self.consecutive_failed_steps += 1
             running = engine.running_request_ids() or set(engine.requests)
             logger.exception("engine step failed; failing the %d request(s) it was running", len(running))
-            failure = RequestFailed(f"the engine failed while running this request: {type(error).__name__}")
-            for request_id in running:
-                self._abort(engine, request_id, notify=False, reason="error")
-            self._deliver([(request_id, failure) for request_id in running])
-            return
-        for output in outputs:
-            self.metrics.observe_output(output)
-        self._deliver([(output.request_id, output) for output in outputs])
+            message = f"the engine failed while running this request: {type(error).__name__}"
+            deltas = [d for rid in running if (d := engine.fail_request(rid, message)) is not None]
+        else:
+            self.consecutive_failed_steps = 0
+        for delta in deltas:
+            if delta.error is not None:
+                logger.warning("request %s failed: %s", delta.request_id, delta.error)
+            self.metrics.observe_delta(delta)
+        self._deliver(deltas)
 
-    def _deliver(self, items: list[tuple[str, RequestOutput | BaseException]]) -> None:
-        if items:
-            self._call_soon(self._dispatch, items)
+    def _deliver(self, deltas: list[RequestDelta]) -> None:
+        if deltas:
+            self._call_soon(self._dispatch, deltas)
 
     def _call_soon(self, callback, *args) -> None:
         with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is listening any more
             self._loop.call_soon_threadsafe(callback, *args)
 
     # --- back on the event loop -------------------------------------------------------------------
-    def _dispatch(self, items: list[tuple[str, RequestOutput | BaseException]]) -> None:
-        for request_id, item in items:
-            stream = self._streams.get(request_id)
-            if stream is None:
+    def _dispatch(self, deltas: list[RequestDelta]) -> None:
+        for delta in deltas:
+            entry = self._streams.get(delta.request_id)
+            if entry is None:
                 continue
-            stream.put(item)
-            if isinstance(item, BaseException) or item.finished:
-                del self._streams[request_id]
+            stream, prompt_index = entry
+            stream.put(prompt_index, delta)
+            if delta.finished:
+                del self._streams[delta.request_id]
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:

@@ -35,13 +35,30 @@ class APIError(Exception):
     """An error the API reports to the client; raise it from a route."""
 
     def __init__(
-        self, message: str, status_code: int = 400, param: str | None = None, code: str | None = None
+        self,
+        message: str,
+        status_code: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.param = param
         self.code = code
+        self.headers = headers
+
+    @property
+    def rejection_reason(self) -> str | None:
+        """How ``mili_requests_rejected_total`` counts this refusal (None: not a refusal, a failure)."""
+        if self.status_code == 503:
+            return self.code or "unavailable"
+        if self.status_code == 413:
+            return "body_too_large"
+        if self.status_code == 401:
+            return "unauthorized"
+        return "invalid_request" if 400 <= self.status_code < 500 else None
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.status_code, self.param, self.code)
@@ -67,7 +84,7 @@ class JSONBody(Response):
 
 
 def error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONBody:
-    return JSONBody(error.body(), status_code=error.status_code, headers=headers)
+    return JSONBody(error.body(), status_code=error.status_code, headers=headers or error.headers)
 
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -98,14 +115,19 @@ def _is_union_tag(part: str) -> bool:
 def install_error_handlers(app: FastAPI) -> None:
     """Route every failure through the OpenAI error shape."""
 
-    @app.exception_handler(APIError)
-    async def _api_error(_request: Request, error: APIError) -> Response:
+    def refuse(request: Request, error: APIError) -> Response:
+        if error.rejection_reason is not None:
+            request.app.state.mili.metrics.observe_rejection(error.rejection_reason)
         return error_response(error)
 
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, error: APIError) -> Response:
+        return refuse(request, error)
+
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, error: RequestValidationError) -> Response:
+    async def _validation_error(request: Request, error: RequestValidationError) -> Response:
         message, param = describe_validation_errors(list(error.errors()))
-        return error_response(APIError(message, 400, param=param))
+        return refuse(request, APIError(message, 400, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, error: StarletteHTTPException) -> Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server.errors import APIError
+from mili.worker.server.limits import MAX_CHOICES, PROMPT_CHARS_PER_TOKEN
 from mili.worker.server.protocol import (
     MAX_PROMPTS,
     ChatCompletionRequest,
@@ -63,31 +64,59 @@ def check_unsupported(request: SamplingRequest) -> None:
             raise APIError("best_of must equal n (no best-of ranking is done)", param="best_of")
 
 
-def completion_prompts(tokenizer: Tokenizer, prompt: str | list) -> list[list[int]]:
-    """Token ids of each prompt of a completions request (text, ids, or a batch of either)."""
+def max_prompt_chars(max_model_len: int) -> int:
+    """Characters beyond which a text prompt cannot fit the context whatever its tokens: refused
+    before the tokenizer spends time on it."""
+    return PROMPT_CHARS_PER_TOKEN * max_model_len
+
+
+def _prompt_batch(prompt: str | list) -> list:
     if isinstance(prompt, str):
-        batch: list = [prompt]
-    elif not prompt:
+        return [prompt]
+    if not prompt:
         raise APIError("prompt must not be empty", param="prompt")
-    elif isinstance(prompt[0], int):
-        batch = [prompt]
-    else:
-        batch = list(prompt)
-    if len(batch) > MAX_PROMPTS:
-        raise APIError(f"at most {MAX_PROMPTS} prompts per request, got {len(batch)}", param="prompt")
+    return [prompt] if isinstance(prompt[0], int) else list(prompt)
+
+
+def count_prompts(prompt: str | list, n: int) -> int:
+    """How many prompts a completions request holds; refuses more than ``MAX_CHOICES`` choices in all."""
+    count = len(_prompt_batch(prompt))
+    if count > MAX_PROMPTS:
+        raise APIError(f"at most {MAX_PROMPTS} prompts per request, got {count}", param="prompt")
+    if count * n > MAX_CHOICES:
+        raise APIError(
+            f"prompts × n must be at most {MAX_CHOICES}, got {count} × {n} = {count * n}", param="n"
+        )
+    return count
+
+
+def completion_prompts(tokenizer: Tokenizer, prompt: str | list, max_chars: int) -> list[list[int]]:
+    """Token ids of each prompt of a completions request (text, ids, or a batch of either)."""
+    batch = _prompt_batch(prompt)
     prompts = []
     for index, item in enumerate(batch):
-        token_ids = (
-            _encode(tokenizer, item, "prompt", add_special_tokens=True) if isinstance(item, str) else item
-        )
+        where = "prompt" if len(batch) == 1 else f"prompt[{index}]"
+        if isinstance(item, str):
+            _check_length(item, max_chars, where, "prompt")
+            token_ids = _encode(tokenizer, item, "prompt", add_special_tokens=True)
+        else:
+            token_ids = item
         if not token_ids:
-            where = "prompt" if len(batch) == 1 else f"prompt[{index}]"
             raise APIError(f"{where} must not be empty", param="prompt")
         prompts.append(list(token_ids))
     return prompts
 
 
-def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest) -> list[int]:
+def _check_length(text: str, max_chars: int, where: str, param: str) -> None:
+    if len(text) > max_chars:
+        raise APIError(
+            f"{where} has {len(text)} characters, more than this model's context can hold "
+            f"(at most {max_chars} characters are tokenized)",
+            param=param,
+        )
+
+
+def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest, max_chars: int) -> list[int]:
     """Token ids of the conversation rendered with the model's chat template."""
     messages = []
     for message in request.messages:
@@ -106,6 +135,7 @@ def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest) -> list[in
         raise APIError(str(error), param="messages") from error
     except TypeError as error:  # chat_template_kwargs that clash with the template's own arguments
         raise APIError(f"chat_template_kwargs: {error}", param="chat_template_kwargs") from error
+    _check_length(text, max_chars, "the conversation", "messages")
     token_ids = _encode(tokenizer, text, "messages", add_special_tokens=False)
     if not token_ids:
         raise APIError("the conversation renders to an empty prompt", param="messages")

@@ -1,118 +1,37 @@
-"""From engine outputs to OpenAI pieces: merged streams, per-choice deltas, logprobs, usage."""
+"""From engine deltas to OpenAI pieces: whole outputs (non-streaming), logprobs, usage."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-from mili.worker.engine.request import RequestOutput
+from mili.worker.engine.outputs import CompletionOutput, OutputAccumulator
 from mili.worker.engine.sequence import TokenLogprobs
-from mili.worker.server.async_engine import RequestStream
+from mili.worker.server.async_engine import OutputStream
 from mili.worker.server.protocol import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob, Usage
 from mili.worker.tokenizer import Tokenizer
 
 LOGPROB_FLOOR = -9999.0  # what -inf becomes (JSON has no infinities), as in vLLM
 
 
-# --- streams ---------------------------------------------------------------------------------------
-async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Outputs of several requests as they come, tagged with the index of their stream."""
-    if len(streams) == 1:
-        async for output in streams[0]:
-            yield 0, output
-        return
-    arrivals: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
-
-    async def pump(index: int, stream: RequestStream) -> None:
-        try:
-            async for output in stream:
-                arrivals.put_nowait((index, output))
-        except Exception as error:
-            arrivals.put_nowait((index, error))
-        finally:
-            arrivals.put_nowait((index, None))
-
-    pumps = [asyncio.ensure_future(pump(index, stream)) for index, stream in enumerate(streams)]
-    try:
-        remaining = len(streams)
-        while remaining:
-            index, item = await arrivals.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield index, item
-    finally:
-        for task in pumps:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*pumps, return_exceptions=True)
+async def whole_choices(stream: OutputStream) -> list[CompletionOutput]:
+    """Every choice's whole output, in choice order: the one place a response adds its deltas up."""
+    totals: dict[int, OutputAccumulator] = {}
+    async for deltas in stream:
+        for delta in deltas:
+            total = totals.get(delta.index)
+            if total is None:
+                total = totals[delta.index] = OutputAccumulator(delta.index)
+            total.add(delta)
+    return [totals[index].as_completion() for index in sorted(totals)]
 
 
-async def final_outputs(streams: list[RequestStream]) -> list[RequestOutput]:
-    """The finished output of every stream, in stream order."""
-    finals: dict[int, RequestOutput] = {}
-    async for index, output in merge_streams(streams):
-        if output.finished:
-            finals[index] = output
-    return [finals[index] for index in range(len(streams))]
-
-
-def usage(outputs: list[RequestOutput]) -> Usage:
-    prompt_tokens = sum(len(output.prompt_token_ids) for output in outputs)
-    completion_tokens = sum(len(c.token_ids) for output in outputs for c in output.outputs)
+def usage(stream: OutputStream) -> Usage:
+    prompt_tokens, completion_tokens = stream.num_prompt_tokens, stream.num_completion_tokens
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
     )
-
-
-# --- deltas ----------------------------------------------------------------------------------------
-@dataclass
-class ChoiceDelta:
-    """What one choice gained since the last delta."""
-
-    index: int
-    text: str
-    text_offset: int  # where ``text`` starts in the choice's full text
-    logprobs: list[TokenLogprobs] | None
-    finish_reason: str | None
-    stop_reason: str | int | None
-
-
-class DeltaTracker:
-    """Turns cumulative outputs into deltas; choice ``i`` of prompt ``p`` is ``p * n + i``."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self._sent: dict[int, tuple[int, int]] = {}  # choice index -> (text length, token count) sent
-        self._finished: set[int] = set()
-
-    def deltas(self, prompt_index: int, output: RequestOutput) -> list[ChoiceDelta]:
-        deltas = []
-        for completion in output.outputs:
-            index = prompt_index * self.n + completion.index
-            if index in self._finished:
-                continue
-            text_sent, tokens_sent = self._sent.get(index, (0, 0))
-            text = completion.text[text_sent:]
-            if not text and completion.finish_reason is None:
-                continue  # tokens without visible text yet: their logprobs ride with the next text
-            logprobs = completion.logprobs[tokens_sent:] if completion.logprobs is not None else None
-            self._sent[index] = (len(completion.text), len(completion.token_ids))
-            if completion.finish_reason is not None:
-                self._finished.add(index)
-            deltas.append(
-                ChoiceDelta(
-                    index, text, text_sent, logprobs, completion.finish_reason, completion.stop_reason
-                )
-            )
-        return deltas
 
 
 # --- logprobs --------------------------------------------------------------------------------------

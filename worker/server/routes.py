@@ -9,23 +9,31 @@ handler's ``finally``, or by a streaming response's ``on_close``.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from mili.worker.engine.llm_engine import RequestRejected
+from mili.worker.engine.outputs import CompletionOutput, SequenceDelta
 from mili.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server import inputs
-from mili.worker.server.async_engine import AsyncEngine, EngineUnavailable, RequestFailed, RequestStream
+from mili.worker.server.async_engine import (
+    AsyncEngine,
+    EngineUnavailable,
+    OutputStream,
+    QueueFull,
+    RequestFailed,
+)
 from mili.worker.server.errors import APIError, JSONBody, dump_json, error_body
-from mili.worker.server.outputs import DeltaTracker, LogprobFormatter, final_outputs, merge_streams, usage
+from mili.worker.server.limits import RETRY_AFTER_S, ServerLimits
+from mili.worker.server.outputs import LogprobFormatter, usage, whole_choices
 from mili.worker.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -45,23 +53,29 @@ from mili.worker.server.protocol import (
 from mili.worker.server.sse import ClientDisconnected, EventStreamResponse, cancel_on_disconnect
 
 DONE_EVENT = b"data: [DONE]\n\n"
+DRAINING_MESSAGE = "the server is shutting down; send new requests to another replica"
 ERROR_RESPONSES = {
     400: {"model": ErrorResponse, "description": "Invalid request"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
     404: {"model": ErrorResponse, "description": "Unknown model"},
-    503: {"model": ErrorResponse, "description": "The model is not loaded yet"},
+    413: {"model": ErrorResponse, "description": "Request body too large"},
+    503: {"model": ErrorResponse, "description": "Not loaded yet, at capacity, or draining"},
 }
 
 
 @dataclass
 class ServerState:
-    """What the routes share: the engine, its metrics, the served name, the API key."""
+    """What the routes share: the engine, its metrics, the served name, the API key, the limits;
+    and, once SIGTERM came, that the server is draining."""
 
     engine: AsyncEngine
     metrics: WorkerMetrics
     served_name: str
     api_key: str | None = None
     created: int = 0
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    draining: bool = False
+    calls_in_flight: int = 0  # /v1 calls being answered (counted by the request gate)
 
 
 def _state(request: Request) -> ServerState:
@@ -72,20 +86,23 @@ def _state(request: Request) -> ServerState:
 probes = APIRouter()
 
 
-@probes.get("/health", summary="Liveness: the engine loop is alive")
+@probes.get("/health", summary="Liveness: the engine loop is alive, not failing, not stuck")
 async def health(request: Request) -> Response:
     engine = _state(request).engine
-    if engine.alive:
+    problem = engine.health_problem()
+    if problem is None:
         return JSONBody({"status": "ok", "ready": engine.ready})
-    return JSONBody(error_body(engine.unavailable_reason(), 503), status_code=503)
+    return JSONBody(error_body(problem, 503, code="unhealthy"), status_code=503)
 
 
-@probes.get("/ready", summary="Readiness: weights loaded and a warm-up generation ran")
+@probes.get("/ready", summary="Readiness: weights loaded, a warm-up generation ran, not draining")
 async def ready(request: Request) -> Response:
-    engine = _state(request).engine
-    if engine.ready:
+    state = _state(request)
+    if state.draining:
+        return JSONBody(error_body(DRAINING_MESSAGE, 503, code="draining"), status_code=503)
+    if state.engine.ready:
         return JSONBody({"status": "ready"})
-    return JSONBody(error_body(engine.unavailable_reason(), 503), status_code=503)
+    return JSONBody(error_body(state.engine.unavailable_reason(), 503), status_code=503)
 
 
 @probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
@@ -94,18 +111,6 @@ async def metrics(request: Request) -> Response:
 
 
 # --- the OpenAI API ---------------------------------------------------------------------------------
-async def require_api_key(request: Request) -> None:
-    """Bearer authentication, when the server has a key."""
-    expected = _state(request).api_key
-    if not expected:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected.encode()):
-        raise APIError(
-            "Incorrect or missing API key: send 'Authorization: Bearer <key>'", 401, code="invalid_api_key"
-        )
-
-
 openai_api = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
@@ -152,12 +157,15 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     params = inputs.sampling_params(
         body, max_tokens=16 if body.max_tokens is None else body.max_tokens, logprobs=body.logprobs
     )
-    prompts = await run_in_threadpool(inputs.completion_prompts, tokenizer, body.prompt)
+    num_prompts = inputs.count_prompts(body.prompt, params.n)
+    max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
     call = _Call(state, f"cmpl-{uuid.uuid4().hex}", int(time.time()), LogprobFormatter(tokenizer))
-    await call.start(prompts, params, arrival, prompt_param="prompt")
+    with _admitted(state, num_prompts):
+        prompts = await run_in_threadpool(inputs.completion_prompts, tokenizer, body.prompt, max_chars)
+        await call.start(prompts, params, arrival, prompt_param="prompt")
     if body.stream:
         include_usage = body.stream_options.include_usage if body.stream_options else None
-        return EventStreamResponse(call.completion_events(params.n, include_usage), on_close=call.abort)
+        return EventStreamResponse(call.completion_events(include_usage), on_close=call.abort)
     return await call.respond(request, call.completion_response)
 
 
@@ -180,25 +188,44 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     params = inputs.sampling_params(
         body, max_tokens=max_tokens, logprobs=top_logprobs if body.logprobs else None
     )
-    prompt = await run_in_threadpool(inputs.chat_prompt, tokenizer, body)
+    max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
     call = _Call(state, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), LogprobFormatter(tokenizer))
     call.num_top_logprobs = top_logprobs
-    await call.start([prompt], params, arrival, prompt_param="messages")
+    with _admitted(state, 1):
+        prompt = await run_in_threadpool(inputs.chat_prompt, tokenizer, body, max_chars)
+        await call.start([prompt], params, arrival, prompt_param="messages")
     if body.stream:
         include_usage = body.stream_options.include_usage if body.stream_options else None
-        return EventStreamResponse(call.chat_events(params.n, include_usage), on_close=call.abort)
+        return EventStreamResponse(call.chat_events(include_usage), on_close=call.abort)
     return await call.respond(request, call.chat_response)
 
 
 def _tokenizer(state: ServerState):
+    if state.draining:
+        raise APIError(DRAINING_MESSAGE, 503, code="draining", headers={"Retry-After": str(RETRY_AFTER_S)})
     try:
         return state.engine.tokenizer
     except EngineUnavailable as error:
         raise APIError(str(error), 503, code="model_not_ready") from error
 
 
+@contextlib.contextmanager
+def _admitted(state: ServerState, num_requests: int) -> Iterator[None]:
+    """Count a call's requests as queued while it tokenizes and adds them; 503 when the queue is full."""
+    try:
+        admission = state.engine.admit(num_requests)
+    except QueueFull as error:
+        raise APIError(str(error), 503, code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from error
+    except EngineUnavailable as error:
+        raise APIError(str(error), 503, code="model_not_ready") from error
+    try:
+        yield
+    finally:
+        admission.release()
+
+
 class _Call:
-    """One API call: its engine requests, and the response built from their outputs."""
+    """One API call: its engine requests (one per prompt), their stream, and the response."""
 
     def __init__(self, state: ServerState, call_id: str, created: int, formatter: LogprobFormatter) -> None:
         self.state = state
@@ -207,7 +234,7 @@ class _Call:
         self.formatter = formatter
         self.num_top_logprobs = 0
         self.request_ids: list[str] = []
-        self.streams: list[RequestStream] = []
+        self.stream: OutputStream | None = None
 
     @property
     def model(self) -> str:
@@ -218,11 +245,12 @@ class _Call:
     ) -> None:
         """Enqueue one engine request per prompt; a refusal aborts the others and answers 400."""
         engine = self.state.engine
+        self.stream = OutputStream(len(prompts), params.n)
         self.request_ids = [self.id if len(prompts) == 1 else f"{self.id}-{i}" for i in range(len(prompts))]
         results = await asyncio.gather(
             *(
-                engine.add_request(rid, ids, params, arrival)
-                for rid, ids in zip(self.request_ids, prompts, strict=True)
+                engine.add_request(rid, ids, params, arrival, self.stream, index)
+                for index, (rid, ids) in enumerate(zip(self.request_ids, prompts, strict=True))
             ),
             return_exceptions=True,
         )
@@ -231,71 +259,73 @@ class _Call:
             self.abort()
             error = failures[0]
             if isinstance(error, RequestRejected):
-                param = "max_tokens" if "max_tokens" in str(error) else prompt_param
-                raise APIError(str(error), param=param) from error
+                raise APIError(str(error), param=error.param or prompt_param) from error
             if isinstance(error, EngineUnavailable):
                 raise APIError(str(error), 503, code="model_not_ready") from error
             raise error
-        self.streams = list(results)
 
     def abort(self) -> None:
         for request_id in self.request_ids:
             self.state.engine.abort(request_id)
 
     async def respond(self, request: Request, build) -> Response:
-        """Wait for every request to finish (aborting them if the client leaves) and build the body."""
+        """Wait for every request to finish (aborting them if the client leaves), then build and
+        serialize the body in a worker thread: a large one must not hold up the event loop."""
         try:
-            finals = await cancel_on_disconnect(request, final_outputs(self.streams))
+            choices = await cancel_on_disconnect(request, whole_choices(self.stream))
         except ClientDisconnected:
             return Response(status_code=499)
         except RequestFailed as error:
             raise APIError(str(error), 500, code="engine_error") from error
         finally:
             self.abort()
-        return JSONBody(build(finals).model_dump(mode="json"))
+        body = await run_in_threadpool(lambda: dump_json(build(choices).model_dump(mode="json")))
+        return Response(body, media_type="application/json")
 
     # --- non-streaming bodies ---
-    def completion_response(self, finals) -> Completion:
-        n = len(finals[0].outputs)
-        choices = [
-            CompletionChoice(
-                index=p * n + c.index,
-                text=c.text,
-                logprobs=None if c.logprobs is None else self.formatter.completion(c.logprobs, 0),
-                finish_reason=c.finish_reason,
-                stop_reason=c.stop_reason,
-            )
-            for p, output in enumerate(finals)
-            for c in output.outputs
-        ]
+    def completion_response(self, choices: list[CompletionOutput]) -> Completion:
         return Completion(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage(finals)
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[
+                CompletionChoice(
+                    index=c.index,
+                    text=c.text,
+                    logprobs=None if c.logprobs is None else self.formatter.completion(c.logprobs, 0),
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+                for c in choices
+            ],
+            usage=usage(self.stream),
         )
 
-    def chat_response(self, finals) -> ChatCompletion:
-        choices = [
-            ChatChoice(
-                index=c.index,
-                message=AssistantMessage(content=c.text),
-                logprobs=None
-                if c.logprobs is None
-                else self.formatter.chat(c.logprobs, self.num_top_logprobs),
-                finish_reason=c.finish_reason,
-                stop_reason=c.stop_reason,
-            )
-            for c in finals[0].outputs
-        ]
+    def chat_response(self, choices: list[CompletionOutput]) -> ChatCompletion:
         return ChatCompletion(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage(finals)
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[
+                ChatChoice(
+                    index=c.index,
+                    message=AssistantMessage(content=c.text),
+                    logprobs=None
+                    if c.logprobs is None
+                    else self.formatter.chat(c.logprobs, self.num_top_logprobs),
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+                for c in choices
+            ],
+            usage=usage(self.stream),
         )
 
     # --- streaming ---
-    async def completion_events(self, n: int, include_usage: bool | None) -> AsyncIterator[bytes]:
-        def chunk(delta, final_usage):
+    async def completion_events(self, include_usage: bool | None) -> AsyncIterator[bytes]:
+        def chunk(delta: SequenceDelta, text_offset: int, final_usage):
             logprobs = (
-                None
-                if delta.logprobs is None
-                else self.formatter.completion(delta.logprobs, delta.text_offset)
+                None if delta.logprobs is None else self.formatter.completion(delta.logprobs, text_offset)
             )
             choice = CompletionChoice(
                 index=delta.index,
@@ -308,11 +338,11 @@ class _Call:
                 id=self.id, created=self.created, model=self.model, choices=[choice], usage=final_usage
             )
 
-        async for event in self._events(n, include_usage, chunk, CompletionChunk):
+        async for event in self._events(include_usage, chunk, CompletionChunk):
             yield event
 
-    async def chat_events(self, n: int, include_usage: bool | None) -> AsyncIterator[bytes]:
-        def chunk(delta, final_usage):
+    async def chat_events(self, include_usage: bool | None) -> AsyncIterator[bytes]:
+        def chunk(delta: SequenceDelta, _text_offset: int, final_usage):
             logprobs = (
                 None if delta.logprobs is None else self.formatter.chat(delta.logprobs, self.num_top_logprobs)
             )
@@ -327,32 +357,30 @@ class _Call:
                 id=self.id, created=self.created, model=self.model, choices=[choice], usage=final_usage
             )
 
-        for index in range(n):
+        for index in range(self.stream.n):
             first = ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))
             yield _event(
                 ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[first])
             )
-        async for event in self._events(n, include_usage, chunk, ChatCompletionChunk):
+        async for event in self._events(include_usage, chunk, ChatCompletionChunk):
             yield event
 
-    async def _events(self, n: int, include_usage: bool | None, chunk, chunk_type) -> AsyncIterator[bytes]:
-        """SSE events for every delta. Usage: its own last chunk (no choices) when the client asked with
-        ``stream_options.include_usage``, else carried by the last choice chunk."""
-        tracker = DeltaTracker(n)
-        latest = {}
+    async def _events(self, include_usage: bool | None, chunk, chunk_type) -> AsyncIterator[bytes]:
+        """SSE events for every delta read. Usage: its own last chunk (no choices) when the client
+        asked with ``stream_options.include_usage``, else carried by the last choice chunk."""
+        text_sent: dict[int, int] = {}  # characters sent per choice: the next delta's text offset
         try:
-            async for p, output in merge_streams(self.streams):
-                latest[p] = output
-                done = len(latest) == len(self.streams) and all(o.finished for o in latest.values())
-                deltas = tracker.deltas(p, output)
+            async for deltas in self.stream:
+                last_read = self.stream.finished  # a read after the last delta drained everything
                 for position, delta in enumerate(deltas):
-                    last = done and position == len(deltas) - 1 and not include_usage
-                    yield _event(chunk(delta, usage(list(latest.values())) if last else None))
-                if done and (include_usage or not deltas):
-                    final = usage(list(latest.values()))
+                    offset = text_sent.get(delta.index, 0)
+                    text_sent[delta.index] = offset + len(delta.text)
+                    last = last_read and position == len(deltas) - 1 and not include_usage
+                    yield _event(chunk(delta, offset, usage(self.stream) if last else None))
+                if last_read and include_usage:
                     yield _event(
                         chunk_type(
-                            id=self.id, created=self.created, model=self.model, choices=[], usage=final
+                            id=self.id, created=self.created, model=self.model, choices=[], usage=usage(self.stream)
                         )
                     )
         except RequestFailed as error:

@@ -12,8 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mili_testing import free_port, require_binary
 
-# DESIGN.md "Metrics": name -> (type, labels besides model_name)
+# DESIGN.md "Metrics" (with the second round's admission metrics): name -> (type, labels besides model_name)
 WORKER_METRICS = {
+    "mili_requests_rejected": ("counter", {"reason"}),
+    "mili_max_queued_requests": ("gauge", set()),
     "mili_num_requests_running": ("gauge", set()),
     "mili_num_requests_waiting": ("gauge", set()),
     "mili_kv_cache_usage_ratio": ("gauge", set()),

@@ -12,7 +12,7 @@ from mili.worker.config import EngineConfig
 from mili.worker.engine.llm_engine import RequestRejected
 from mili.worker.metrics import WorkerMetrics
 from mili.worker.sampling_params import SamplingParams
-from mili.worker.server.async_engine import AsyncEngine, RequestFailed
+from mili.worker.server.async_engine import AsyncEngine, OutputStream, RequestFailed
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 
@@ -27,21 +27,25 @@ async def started_engine(model_dir: Path) -> AsyncEngine:
     return engine
 
 
+async def add(engine: AsyncEngine, request_id: str, prompt: list[int], params=GREEDY) -> OutputStream:
+    stream = OutputStream(1, params.n)
+    await engine.add_request(request_id, prompt, params, time.monotonic(), stream)
+    return stream
+
+
 async def generate(engine: AsyncEngine, request_id: str, prompt: list[int], params=GREEDY):
-    outputs = [
-        output async for output in await engine.add_request(request_id, prompt, params, time.monotonic())
-    ]
-    return outputs
+    """Every read of the request's stream: a list of choice deltas each."""
+    return [deltas async for deltas in await add(engine, request_id, prompt, params)]
 
 
-async def test_streams_grow_and_end_with_the_finished_output(tiny_qwen3_dir):
+async def test_streams_deliver_deltas_that_add_up_and_end_with_the_finish(tiny_qwen3_dir):
     engine = await started_engine(tiny_qwen3_dir)
     try:
-        outputs = await generate(engine, "a", [5, 6, 7])
-        assert outputs[-1].finished and len(outputs[-1].outputs[0].token_ids) == 6
-        assert all(not output.finished for output in outputs[:-1])
-        lengths = [len(output.outputs[0].token_ids) for output in outputs]
-        assert lengths == sorted(lengths)
+        reads = await generate(engine, "a", [5, 6, 7])
+        deltas = [delta for read in reads for delta in read]
+        assert sum(len(delta.token_ids) for delta in deltas) == 6
+        assert [delta.finish_reason for delta in deltas][-1] == "length"
+        assert all(delta.finish_reason is None for delta in deltas[:-1])
         with pytest.raises(RequestRejected, match="context limit"):
             await generate(engine, "b", list(range(1, 200)))
     finally:
@@ -66,8 +70,8 @@ async def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(tiny_qwen3
         with pytest.raises(RequestFailed):
             await generate(engine, "doomed", [5, 6, 7])
         assert engine.alive
-        outputs = await generate(engine, "fine", [5, 6, 7])
-        assert outputs[-1].finished and outputs[-1].outputs[0].finish_reason == "length"
+        reads = await generate(engine, "fine", [5, 6, 7])
+        assert reads[-1][-1].finish_reason == "length"
         assert all(count == 0 for count in engine.engine.block_manager.ref_counts)
         assert engine.metrics.requests_total("error") == 1
     finally:
@@ -78,7 +82,7 @@ async def test_abort_frees_the_blocks_of_a_running_request(tiny_qwen3_dir):
     engine = await started_engine(tiny_qwen3_dir)
     try:
         params = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
-        stream = await engine.add_request("long", [5, 6, 7], params, time.monotonic())
+        stream = await add(engine, "long", [5, 6, 7], params)
         await stream.__anext__()
         engine.abort("long")
         deadline = time.monotonic() + 10
