@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
         help="on SIGTERM, seconds to let in-flight requests finish before aborting them",
     )  # fmt: skip
+    server.add_argument(
+        "--tool-call-parser", default=None,
+        help="parse the model's tool calls for tool_choice 'auto' (hermes: Hermes, Qwen2.5, Qwen3)",
+    )  # fmt: skip
+    server.add_argument(
+        "--reasoning-parser", default=None,
+        help="send the model's thinking as reasoning_content (qwen3: <think>...</think>)",
+    )  # fmt: skip
 
     generate = commands.add_parser("generate", help="print one completion of PROMPT")
     generate.add_argument("prompt")
@@ -105,8 +113,10 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mili.worker.server import create_app
+    from mili.worker.server.chat_choices import ChatOptions
 
-    app = create_app(engine_config(args), api_key=args.api_key)
+    chat = ChatOptions(tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser)
+    app = create_app(engine_config(args), api_key=args.api_key, chat=chat)
     config = uvicorn.Config(
         app,
         host=args.host,

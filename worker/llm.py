@@ -46,7 +46,9 @@ class LLM:
         for prompt, params in zip(prompts, sampling_params, strict=True):
             request_id = str(next(self._ids))
             request = self.engine.add_request(request_id, prompt, params)
-            outputs[request_id] = RequestAccumulator(request_id, request.prompt, request.prompt_token_ids, params.n)
+            outputs[request_id] = RequestAccumulator(
+                request_id, request.prompt, request.prompt_token_ids, params.n
+            )
         with tqdm(total=len(outputs), disable=not use_tqdm, desc="generate") as progress:
             while self.engine.has_unfinished_requests():
                 for delta in self.engine.step():

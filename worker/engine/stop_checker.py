@@ -10,7 +10,6 @@ is, and only the held-back suffix (shorter than the longest stop string) is kept
 from __future__ import annotations
 
 
-
 def failure_table(pattern: str) -> list[int]:
     """KMP's table: ``table[i]`` is the length of the longest proper border of ``pattern[: i + 1]``."""
     table = [0] * len(pattern)

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from mili.worker.config import EngineConfig
 from mili.worker.metrics import WorkerMetrics
 from mili.worker.server.async_engine import AsyncEngine
+from mili.worker.server.chat_choices import ChatOptions
 from mili.worker.server.errors import install_error_handlers
 from mili.worker.server.gate import RequestGate
 from mili.worker.server.limits import ServerLimits
@@ -47,6 +48,7 @@ def create_app(
     api_key: str | None = None,
     warm_up: bool = True,
     limits: ServerLimits | None = None,
+    chat: ChatOptions | None = None,
 ) -> FastAPI:
     """A MILI worker app serving ``config.model``; bearer auth on /v1 when ``api_key`` is set."""
     api_key = normalize_api_key(api_key)
@@ -54,7 +56,11 @@ def create_app(
     served_name = served_name_of(config)
     metrics = WorkerMetrics(served_name)
     engine = AsyncEngine(
-        config, metrics, warm_up=warm_up, max_queued_requests=limits.max_queued_requests, health_limits=limits.health
+        config,
+        metrics,
+        warm_up=warm_up,
+        max_queued_requests=limits.max_queued_requests,
+        health_limits=limits.health,
     )
 
     @asynccontextmanager
@@ -71,7 +77,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.mili = ServerState(
-        engine, metrics, served_name, api_key, created=int(time.time()), limits=limits
+        engine,
+        metrics,
+        served_name,
+        api_key,
+        created=int(time.time()),
+        limits=limits,
+        chat=chat or ChatOptions(),
     )
     install_error_handlers(app)
     app.include_router(probes)

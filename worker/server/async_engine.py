@@ -24,6 +24,7 @@ from mili.worker.engine.outputs import OutputAccumulator, RequestDelta, Sequence
 from mili.worker.metrics import WorkerMetrics
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server.limits import HealthLimits
+from mili.worker.structured.compiler import GrammarCompilerService
 from mili.worker.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,11 @@ class OutputStream:
             if self._error is not None:
                 self._pending.clear()
                 raise self._error
-            ready = [choice for choice, pending in self._pending.items() if pending.has_text or pending.finish_reason]
+            ready = [
+                choice
+                for choice, pending in self._pending.items()
+                if pending.has_text or pending.finish_reason
+            ]
             if ready:
                 return [self._pending.pop(choice).as_delta() for choice in sorted(ready)]
             if self.finished:
@@ -207,6 +212,11 @@ class AsyncEngine:
     @property
     def max_model_len(self) -> int:
         return self._loaded_engine().max_model_len
+
+    @property
+    def grammars(self) -> GrammarCompilerService:
+        """The engine's grammar compiler (thread-safe): handlers compile before they add a request."""
+        return self._loaded_engine().structured.compiler
 
     def _loaded_engine(self) -> LLMEngine:
         if self.engine is None or not self.ready:

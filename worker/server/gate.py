@@ -29,7 +29,9 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         state = scope["app"].state.mili
-        refusal = _unauthorized(state.api_key, scope) or _declared_too_large(state.limits.max_request_bytes, scope)
+        refusal = _unauthorized(state.api_key, scope) or _declared_too_large(
+            state.limits.max_request_bytes, scope
+        )
         body = b""
         if refusal is None:
             body = await _read_body(receive, state.limits.max_request_bytes)

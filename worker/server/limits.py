@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_CHOICES = 256  # prompts × n in one call
-PROMPT_CHARS_PER_TOKEN = 16  # a text prompt longer than this × max_model_len characters is refused untokenized
+PROMPT_CHARS_PER_TOKEN = (
+    16  # a text prompt longer than this × max_model_len characters is refused untokenized
+)
 RETRY_AFTER_S = 1  # what a 503 for a full queue or a draining server asks clients to wait
 
 

@@ -189,6 +189,64 @@ class HermesToolStream:
             self._started = True
 
 
+class JsonArrayToolStream:
+    """Calls written as a JSON array ``[{"name": ..., "arguments": {...}}, ...]``: what the grammar of
+    ``tool_choice: required`` makes any model write. Streams like ``HermesToolStream``."""
+
+    def __init__(self) -> None:
+        self._in_array = False
+        self._call: _CallStream | None = None
+        self._scanner = _JsonValueScanner()
+        self.num_calls = 0
+
+    def feed(self, text: str) -> ToolParseDelta:
+        delta = ToolParseDelta()
+        position = 0
+        while position < len(text):
+            if self._call is None:
+                char = text[position]
+                position += 1
+                if char == "[":
+                    self._in_array = True
+                elif char == "{" and self._in_array:
+                    self._call, self._scanner = _CallStream(self.num_calls), _JsonValueScanner()
+                    self._scanner.take("{")
+                    delta.calls.extend(self._call.feed("{"))
+                continue
+            taken = self._scanner.take(text[position:])
+            delta.calls.extend(self._call.feed(text[position : position + taken]))
+            position += taken
+            if self._scanner.done:
+                rest, valid = self._call.close()
+                delta.calls.extend(rest)
+                self.num_calls += int(valid)
+                self._call = None
+        return delta
+
+    def finish(self) -> ToolParseDelta:
+        return ToolParseDelta()
+
+
+class NamedToolStream:
+    """The output is the arguments of one named function (``tool_choice`` names it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.num_calls = 0
+
+    def feed(self, text: str) -> ToolParseDelta:
+        delta = ToolParseDelta()
+        if self.num_calls == 0:
+            self.num_calls = 1
+            delta.calls.append(ToolCallDelta(0, new_tool_call_id(), self.name, ""))
+        if text:
+            delta.calls.append(ToolCallDelta(0, arguments=text))
+        return delta
+
+    def finish(self) -> ToolParseDelta:
+        return self.feed("") if self.num_calls == 0 else ToolParseDelta()
+
+
 def merge_tool_deltas(deltas: list[ToolCallDelta]) -> list[ToolCall]:
     """Whole calls from their deltas."""
     calls: dict[int, ToolCall] = {}

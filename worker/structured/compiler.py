@@ -17,6 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import xgrammar
 
+from mili.worker.structured.schema_fixes import without_control_characters
 from mili.worker.structured.spec import GrammarSpec
 
 CACHE_SIZE = 512
@@ -26,11 +27,13 @@ _CPP_PREFIX = re.compile(r"^\[[0-9:]+\]\s+\S+:\d+:\s*")
 
 
 class GrammarError(ValueError):
-    """A grammar that cannot be used; ``param`` names the request field it came from."""
+    """A grammar that cannot be used; ``param`` names the request field it came from, ``problem``
+    says what is wrong with it (without naming the field, since equal grammars share one error)."""
 
-    def __init__(self, message: str, param: str) -> None:
+    def __init__(self, message: str, param: str, problem: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.problem = problem or message
 
 
 class GrammarCompilerService:
@@ -72,12 +75,14 @@ class GrammarCompilerService:
         except GrammarError:
             raise
         except Exception as error:
-            raise GrammarError(f"{spec.param} cannot be compiled: {readable(error)}", spec.param) from error
+            problem = readable(error)
+            raise GrammarError(f"{spec.param} cannot be compiled: {problem}", spec.param, problem) from error
 
     def _compile_kind(self, spec: GrammarSpec) -> xgrammar.CompiledGrammar:
         compiler = self._compiler
         if spec.kind == "json":
-            return compiler.compile_json_schema(spec.source, any_whitespace=False, strict_mode=True)
+            schema = json.dumps(without_control_characters(json.loads(spec.source)))
+            return compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=True)
         if spec.kind == "json_object":
             return compiler.compile_builtin_json_grammar()
         if spec.kind == "regex":
@@ -92,10 +97,8 @@ def result_of(future: Future, spec: GrammarSpec, timeout_s: float) -> xgrammar.C
     try:
         return future.result(timeout=timeout_s)
     except FutureTimeout as error:
-        raise GrammarError(
-            f"{spec.param} did not compile within {timeout_s:g} s; simplify the schema or grammar",
-            spec.param,
-        ) from error
+        problem = f"it did not compile within {timeout_s:g} s; simplify the schema or grammar"
+        raise GrammarError(f"{spec.param}: {problem}", spec.param, problem) from error
 
 
 def choice_ebnf(choices: list[str]) -> str:

@@ -29,8 +29,8 @@ READY_TIMEOUT_S = 120.0
 class RunningServer:
     """``create_app(config)`` served by uvicorn on 127.0.0.1:<free port> until ``stop()``."""
 
-    def __init__(self, config: EngineConfig, api_key: str | None = None) -> None:
-        self.app = create_app(config, api_key=api_key)
+    def __init__(self, config: EngineConfig, api_key: str | None = None, **app_options) -> None:
+        self.app = create_app(config, api_key=api_key, **app_options)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))
@@ -94,8 +94,8 @@ def start_server() -> Iterator:
     """``start_server(config, api_key=None)``: a ready RunningServer, stopped at the end of the session."""
     started: list[RunningServer] = []
 
-    def start(config: EngineConfig, api_key: str | None = None) -> RunningServer:
-        started.append(RunningServer(config, api_key=api_key).start())
+    def start(config: EngineConfig, api_key: str | None = None, **app_options) -> RunningServer:
+        started.append(RunningServer(config, api_key=api_key, **app_options).start())
         return started[-1]
 
     yield start
