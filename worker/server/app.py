@@ -23,6 +23,7 @@ from mili.worker.server.errors import install_error_handlers
 from mili.worker.server.gate import RequestGate
 from mili.worker.server.limits import ServerLimits
 from mili.worker.server.routes import ServerState, openai_api, probes
+from mili.worker.server.tokenize_routes import tokenizer_api
 
 logger = logging.getLogger(__name__)
 
@@ -88,5 +89,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(probes)
     app.include_router(openai_api)
+    app.include_router(tokenizer_api)
     app.add_middleware(RequestGate)
     return app
