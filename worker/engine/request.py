@@ -108,7 +108,9 @@ class Request:
     def _end(self, state: _SequenceState, reason: str, stop_reason: str | int | None) -> None:
         delta = self._delta_of(state)
         if reason != "stop" or not isinstance(stop_reason, str):
-            delta.text += state.stops.release()  # a stop string did not end it: held text is text
+            # No stop string ended it: held-back text is text after all, and so is a last
+            # incomplete character (as U+FFFD, as a full decode shows it).
+            delta.text += state.stops.release() + state.detokenizer.flush()
         state.seq.finish_reason, state.seq.stop_reason = reason, stop_reason
         delta.finish_reason, delta.stop_reason = reason, stop_reason
 

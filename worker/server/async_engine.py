@@ -42,7 +42,7 @@ class RequestFailed(RuntimeError):
 
 
 class QueueFull(RuntimeError):
-    """More requests wait than ``max_queued_requests`` allows; retry later or elsewhere."""
+    """Admitting more would pass ``max_queued_requests`` (the argument); retry later or elsewhere."""
 
 
 @dataclass
@@ -236,15 +236,18 @@ class AsyncEngine:
         """Requests waiting for the engine: admitted by handlers, or in its scheduler's queue."""
         return self._admitting + self.num_waiting_requests
 
+    @property
+    def queue_is_full(self) -> bool:
+        limit = self.max_queued_requests
+        return limit is not None and self.num_queued_requests >= limit
+
     def admit(self, count: int) -> Admission:
         """Count ``count`` new requests as queued, or raise ``QueueFull`` if that passes the limit.
         Admitted requests are never dropped for lack of room later."""
         self._loaded_engine()
         limit = self.max_queued_requests
         if limit is not None and self.num_queued_requests + count > limit:
-            raise QueueFull(
-                f"the server is at capacity ({limit} requests waiting); retry later or on another replica"
-            )
+            raise QueueFull(limit)
         return Admission(self, count)
 
     async def add_request(

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mili.worker.server.limits import RETRY_AFTER_S
+
 logger = logging.getLogger(__name__)
 
 _TYPES = {
@@ -62,6 +64,16 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.status_code, self.param, self.code)
+
+
+def queue_full_error(limit: int) -> APIError:
+    """503 for a call that would pass the queue limit: OpenAI's shape, and when to retry."""
+    return APIError(
+        f"the server is at capacity ({limit} requests waiting); retry later or on another replica",
+        503,
+        code="queue_full",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def error_body(message: str, status_code: int, param: str | None = None, code: str | None = None) -> dict:

@@ -1,9 +1,12 @@
-"""What every ``/v1`` request passes before the app sees it: the API key, then the body size limit.
+"""What every ``/v1`` request passes before the app sees it: the API key, a full queue, then the
+body size limit.
 
-An ASGI middleware, so both are checked before anything is parsed: a client without the key cannot
-make the server read (or buffer) its body, and a body over ``max_request_bytes`` is answered 413 as
-soon as its ``Content-Length`` says so, or as soon as that many bytes arrived. The body read here is
-handed to the app unchanged. The gate also counts the calls in flight, which draining waits for.
+An ASGI middleware, so all are checked before anything is parsed: a client without the key cannot
+make the server read (or buffer) its body; while the engine's queue is full, new work is shed at the
+cost of reading its headers (the handler checks again, exactly, when it admits the call's requests);
+a body over ``max_request_bytes`` is answered 413 as soon as its ``Content-Length`` says so, or as
+soon as that many bytes arrived. The body read here is handed to the app unchanged. The gate also
+counts the calls in flight, which draining waits for.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mili.worker.server.errors import APIError, error_response
+from mili.worker.server.errors import APIError, error_response, queue_full_error
 
 API_PREFIXES = ("/v1", "/tokenize", "/detokenize")  # the OpenAI API and vLLM's tokenizer API
 _CLIENT_GONE = object()
@@ -29,8 +32,10 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         state = scope["app"].state.mili
-        refusal = _unauthorized(state.api_key, scope) or _declared_too_large(
-            state.limits.max_request_bytes, scope
+        refusal = (
+            _unauthorized(state.api_key, scope)
+            or _queue_full(state.engine, scope)
+            or _declared_too_large(state.limits.max_request_bytes, scope)
         )
         body = b""
         if refusal is None:
@@ -60,6 +65,12 @@ def _unauthorized(api_key: str | None, scope: Scope) -> APIError | None:
     return APIError(
         "Incorrect or missing API key: send 'Authorization: Bearer <key>'", 401, code="invalid_api_key"
     )
+
+
+def _queue_full(engine, scope: Scope) -> APIError | None:
+    if scope["method"] != "POST" or not engine.queue_is_full:
+        return None
+    return queue_full_error(engine.max_queued_requests)
 
 
 def _declared_too_large(limit: int, scope: Scope) -> APIError | None:

@@ -32,7 +32,7 @@ from mili.worker.server.async_engine import (
     RequestFailed,
 )
 from mili.worker.server.chat_choices import ChatOptions, ChoiceParser
-from mili.worker.server.errors import APIError, JSONBody, dump_json, error_body
+from mili.worker.server.errors import APIError, JSONBody, dump_json, error_body, queue_full_error
 from mili.worker.server.limits import RETRY_AFTER_S, ServerLimits
 from mili.worker.server.outputs import LogprobFormatter, usage, whole_choices
 from mili.worker.server.protocol import (
@@ -268,9 +268,7 @@ def _admitted(state: ServerState, num_requests: int) -> Iterator[None]:
     try:
         admission = state.engine.admit(num_requests)
     except QueueFull as error:
-        raise APIError(
-            str(error), 503, code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}
-        ) from error
+        raise queue_full_error(state.engine.max_queued_requests) from error
     except EngineUnavailable as error:
         raise APIError(str(error), 503, code="model_not_ready") from error
     try:

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mili.worker.config import EngineConfig
 from mili.worker.server import create_app
 from mili.worker.server.async_engine import AsyncEngine
+from mili.worker.server.limits import ServerLimits
 from mili_testing import answers_ok, wait_until
 
 SERVED_NAME = "tiny"
@@ -29,8 +30,10 @@ READY_TIMEOUT_S = 120.0
 class RunningServer:
     """``create_app(config)`` served by uvicorn on 127.0.0.1:<free port> until ``stop()``."""
 
-    def __init__(self, config: EngineConfig, api_key: str | None = None, **app_options) -> None:
-        self.app = create_app(config, api_key=api_key, **app_options)
+    def __init__(
+        self, config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None, **app_options
+    ) -> None:
+        self.app = create_app(config, api_key=api_key, limits=limits, **app_options)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))
@@ -91,11 +94,14 @@ def tiny_config(tiny_qwen3_dir: Path):
 
 @pytest.fixture(scope="session")
 def start_server() -> Iterator:
-    """``start_server(config, api_key=None)``: a ready RunningServer, stopped at the end of the session."""
+    """``start_server(config, api_key=None, limits=None)``: a ready RunningServer, stopped at the end of
+    the session."""
     started: list[RunningServer] = []
 
-    def start(config: EngineConfig, api_key: str | None = None, **app_options) -> RunningServer:
-        started.append(RunningServer(config, api_key=api_key, **app_options).start())
+    def start(
+        config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None, **app_options
+    ) -> RunningServer:
+        started.append(RunningServer(config, api_key=api_key, limits=limits, **app_options).start())
         return started[-1]
 
     yield start

@@ -1,4 +1,5 @@
-"""SIGTERM on a real `mili serve` process: stop accepting, drain (or abort at the deadline), exit 0."""
+"""SIGTERM on a real `mili serve` process: /ready 503 and new calls shed while in-flight ones drain (or
+are aborted at the deadline), then exit 0."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def serve(tiny_qwen3_dir: Path, tmp_path: Path, poll):
         command += ["--served-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
         command += ["--max-model-len", "256", *flags]
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MILI_API_KEY": ""}
+            command, stdout=log, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if k != "MILI_API_KEY"}
         )
         processes.append((process, log))
         url = f"http://127.0.0.1:{port}"
@@ -117,3 +118,22 @@ def test_sigterm_past_the_deadline_aborts_in_flight_work_and_exits_0(serve):
     assert process.wait(timeout=30) == 0
     stream.join(timeout=10)
     assert "length" not in stream.finish_reasons()  # cut short: aborted, or the connection closed
+
+
+def test_sigterm_turns_ready_503_and_sheds_new_calls_while_in_flight_ones_finish(serve, poll):
+    process, url = serve("--shutdown-timeout", "60")
+    stream = StreamReader(url, max_tokens=240, n=8)  # a few seconds of work to drain
+    stream.start()
+    assert stream.first_token.wait(60)
+    assert httpx.get(f"{url}/ready", timeout=5).status_code == 200
+    process.send_signal(signal.SIGTERM)
+    poll(lambda: httpx.get(f"{url}/ready", timeout=5).status_code == 503, 10, "/ready turned 503 on SIGTERM")
+    assert httpx.get(f"{url}/ready", timeout=5).json()["error"]["code"] == "draining"
+    refused = httpx.post(f"{url}/v1/completions", json={"prompt": "late", "max_tokens": 2}, timeout=10)
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "draining"
+    assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # draining is not dying
+    assert stream.is_alive(), "the in-flight stream should still be running while we probed"
+    assert process.wait(timeout=60) == 0
+    stream.join(timeout=10)
+    assert stream.error is None and stream.finish_reasons() == {"length"}

@@ -1,4 +1,5 @@
-"""AsyncEngine: the engine thread behind asyncio streams; it survives a failing step."""
+"""AsyncEngine: the engine thread behind asyncio streams; it survives a failing step. OutputStream:
+deltas a reader has not read are added up, not queued."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from mili.worker.config import EngineConfig
 from mili.worker.engine.llm_engine import RequestRejected
+from mili.worker.engine.outputs import RequestDelta, RequestMetrics, SequenceDelta
 from mili.worker.metrics import WorkerMetrics
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server.async_engine import AsyncEngine, OutputStream, RequestFailed
@@ -100,3 +102,30 @@ async def test_a_model_that_fails_to_load_reports_why(tmp_path):
     assert await asyncio.to_thread(engine.wait_loaded, 60)
     assert not engine.alive and not engine.ready
     assert "failed to load" in engine.unavailable_reason()
+
+
+async def test_an_unread_stream_adds_its_deltas_up_instead_of_queueing_them():
+    stream = OutputStream(num_requests=2, n=2)
+    metrics = RequestMetrics(arrival_time=0.0)
+    for step in range(1000):
+        last = step == 999
+        for prompt in range(2):
+            sequences = [
+                SequenceDelta(i, [step], f"{step},", [], "length" if last else None) for i in range(2)
+            ]
+            stream.put(prompt, RequestDelta(f"r{prompt}", 3, sequences, finished=last, metrics=metrics))
+    (read,) = [deltas async for deltas in stream]  # everything in one read, one delta per choice
+    assert [delta.index for delta in read] == [0, 1, 2, 3]
+    expected_text = "".join(f"{step}," for step in range(1000))
+    assert all(delta.text == expected_text and delta.token_ids == list(range(1000)) for delta in read)
+    assert all(delta.finish_reason == "length" for delta in read)
+    assert (stream.num_prompt_tokens, stream.num_completion_tokens) == (6, 4000)
+
+
+async def test_tokens_without_text_wait_for_their_text():
+    stream = OutputStream(num_requests=1, n=1)
+    metrics = RequestMetrics(arrival_time=0.0)
+    stream.put(0, RequestDelta("r", 1, [SequenceDelta(0, [1], "", [])], finished=False, metrics=metrics))
+    stream.put(0, RequestDelta("r", 1, [SequenceDelta(0, [2], "🤖", [])], finished=False, metrics=metrics))
+    (delta,) = await stream.__anext__()
+    assert (delta.token_ids, delta.text) == ([1, 2], "🤖")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from mili.worker import LLM, SamplingParams
-from mili.worker.cli import build_parser, main
+from mili.worker.cli import build_parser, main, server_limits
+from mili.worker.server.app import normalize_api_key
+from mili.worker.server.limits import HealthLimits, ServerLimits
 
 
 def test_generate_prints_the_chat_completion(tiny_qwen3_dir, capsys):
@@ -61,3 +63,25 @@ def test_serve_flags_are_named_like_vllm(monkeypatch):
 def test_a_bad_flag_value_exits_2_naming_it(capsys):
     assert main(["serve", "--block-size", "7"]) == 2
     assert "block_size" in capsys.readouterr().err
+
+
+def test_a_set_but_blank_api_key_refuses_to_start(monkeypatch, capsys):
+    monkeypatch.setenv("MILI_API_KEY", " \n")
+    assert main(["serve", "--model", "builtin:x"]) == 2
+    error = capsys.readouterr().err
+    assert "API key" in error and "blank" in error
+
+
+def test_the_api_key_is_stripped_of_whitespace():
+    assert normalize_api_key("sekret\n") == "sekret"  # a Secret made with --from-file
+    assert normalize_api_key(None) is None
+
+
+def test_server_limit_flags_reach_the_server_limits(capsys):
+    argv = "serve --max-queued-requests 7 --max-request-bytes 4096 --health-max-failed-steps 5"
+    args = build_parser().parse_args([*argv.split(), "--health-stall-timeout", "9.5"])
+    assert server_limits(args) == ServerLimits(7, 4096, HealthLimits(max_failed_steps=5, stall_timeout_s=9.5))
+    defaults = server_limits(build_parser().parse_args(["serve"]))
+    assert (defaults.max_queued_requests, defaults.max_request_bytes) == (1024, 16 * 2**20)
+    assert main(["serve", "--max-queued-requests", "0"]) == 2
+    assert "max queued requests" in capsys.readouterr().err
