@@ -34,8 +34,6 @@ from mili.kernels import cuda_checks as checks
 
 THREADS_ELEMENTWISE = 256  # kElementwiseThreads in elementwise.cu
 THREADS_ATTENTION = 128  # kDecodeThreads / kPrefillThreads
-DECODE_PARTITION = 512  # kPartition in decode_attention.cu
-DECODE_MAX_SPLITS = 1024  # kMaxSplits
 PREFILL_BLOCK_ROWS = 64  # kBlockRows in prefill_attention.cu
 LOG2_E = 1.4426950408889634
 
@@ -54,11 +52,6 @@ SIGNATURES = {
 def heads_per_cta(group: int) -> int:
     """Query heads a decode CTA takes together: the largest of 8, 4, 2, 1 dividing the GQA group."""
     return next(h for h in (8, 4, 2, 1) if group % h == 0)
-
-
-def decode_splits(max_context: int) -> int:
-    """Context partitions for decode (split-K); 1 means no reduce pass."""
-    return max(1, math.ceil(max_context / DECODE_PARTITION))
 
 
 class CudaBackend:
@@ -236,12 +229,7 @@ class CudaBackend:
         max_blocks = block_tables.shape[1]
         group = num_q_heads // num_kv_heads
         heads = heads_per_cta(group)
-        splits = decode_splits(max_blocks * block_size)
-        if splits > DECODE_MAX_SPLITS:
-            raise ValueError(
-                f"decode_attention: block_tables allow {max_blocks * block_size} tokens, more than "
-                f"{DECODE_MAX_SPLITS * DECODE_PARTITION} supported"
-            )
+        splits = checks.check_decode_splits(block_tables, block_size)
         suffix = checks.DTYPE_SUFFIX[q.dtype]
         attention = self._function("decode_attention", f"{suffix}_d{head_dim}_h{heads}")
         if splits > 1:

@@ -6,12 +6,16 @@ shapes, dtypes, device and memory layout here and raises a ValueError that names
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (64, 128)
 ALIGNMENT = 16  # bytes: kernels move 16-byte words
+DECODE_PARTITION = 512  # kPartition in decode_attention.cu: context tokens per split-K partition
+DECODE_MAX_SPLITS = 1024  # kMaxSplits
 
 DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
@@ -197,3 +201,21 @@ def check_prefill(
     check_attention(op, q, k_cache, v_cache, block_tables, context_lens, device, TENSOR_CORE_DTYPES)
     check_tensor(op, "cu_seqlens_q", cu_seqlens_q, device, ndim=1, dtypes=(torch.int32,))
     check_shape(op, "cu_seqlens_q", cu_seqlens_q, (context_lens.shape[0] + 1,))
+
+
+def decode_splits(max_context: int) -> int:
+    """Context partitions for decode (split-K); 1 means no reduce pass."""
+    return max(1, math.ceil(max_context / DECODE_PARTITION))
+
+
+def check_decode_splits(block_tables: torch.Tensor, block_size: int) -> int:
+    """The split count the block table's width implies (no device read); refused past the kernel's limit."""
+    max_tokens = block_tables.shape[1] * block_size
+    splits = decode_splits(max_tokens)
+    if splits > DECODE_MAX_SPLITS:
+        raise fail(
+            "decode_attention",
+            f"block_tables allow {max_tokens} tokens, "
+            f"more than {DECODE_MAX_SPLITS * DECODE_PARTITION} supported",
+        )
+    return splits

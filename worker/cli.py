@@ -50,6 +50,9 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="disable the radix prefix cache",
     )
     engine.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto")
+    engine.add_argument(
+        "--enforce-eager", action="store_true", help="run every step eagerly (no CUDA graphs for decode)"
+    )
     engine.add_argument("--seed", type=int, default=0)
 
 
@@ -134,6 +137,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         num_kv_blocks=args.num_kv_blocks,
         prefix_caching=args.prefix_caching,
         kernels=args.kernels,
+        enforce_eager=args.enforce_eager,
         seed=args.seed,
     )
 

@@ -28,6 +28,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # fixes the pool size, overriding the memory-based sizing
     prefix_caching: bool = True
     kernels: str = "auto"
+    enforce_eager: bool = False  # True: no CUDA graphs (decode steps run eagerly)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -111,10 +111,21 @@ class WorkerMetrics:
             "Time from arrival to first scheduling.",
             REQUEST_LATENCY_BUCKETS,
         )
+        self._kernel_backend = Gauge(
+            "mili_kernel_backend_info",
+            "1 for the kernel backend that serves, with why (requested, self_check_passed, ...).",
+            ["model_name", "backend", "reason"],
+            registry=self.registry,
+        )
         self._progress: dict[str, _Progress] = {}
         self._counted = EngineStats(0, 0, 0.0, 0, 0, 0, 0)
 
     # --- feeding ------------------------------------------------------------------------------------
+    def set_kernel_backend(self, backend: str, reason: str) -> None:
+        """Name the kernel backend that serves (set once, after the engine has chosen and checked it)."""
+        self._kernel_backend.clear()
+        self._kernel_backend.labels(self.model_name, backend, reason).set(1)
+
     def set_baseline(self, stats: EngineStats) -> None:
         """Start the cumulative engine counters from ``stats`` (e.g. after the warm-up generation)."""
         self._counted = stats

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The whole GPU verification of the CUDA kernels in one go (issue 5): build pycuda from the carried
-# wheelhouse, then run tests/performance/gpu_check.py (every kernel against the torch reference,
-# the engine's greedy output with cuda == torch, the timing table). Needs no internet.
+# The whole GPU verification in one go: build pycuda from the carried wheelhouse, run one small case of
+# each kernel under compute-sanitizer memcheck, then tests/performance/gpu_check.py (every kernel
+# against a float32 torch reference, the engine's greedy output with cuda == torch and graphs ==
+# eager, the kernel and engine timing tables). Needs no internet; sized for <= 8 minutes on an H200.
 #
 # usage: tests/performance/gpu_check.sh [--quick] [--dry-run]
-#   --dry-run  no GPU needed: skips the pycuda build and runs the Python harness on CPU with the
-#              torch reference standing in for the kernels (checks the script itself)
+#   --dry-run  no GPU needed: skips the pycuda build and the sanitizer, and runs every step of the
+#              Python harness on CPU, small, with the torch reference behind the CUDA launchers'
+#              argument checks standing in for the kernels (checks the script itself)
 #   --quick    fewer cases (a smoke run)
 # env: MILI_GPU_WHEELHOUSE (default .gpu-wheelhouse, filled by make_gpu_wheelhouse.sh),
 #      PYTHON (default python3), OUT (results folder; the device tool sets it), CUDA_HOME.
@@ -87,8 +89,18 @@ build_pycuda() {
   "$python" -c 'import pycuda.driver as d; d.init(); print("pycuda", d.get_version(), "driver", d.get_driver_version())'
 }
 
+find_sanitizer() {
+  local candidate
+  for candidate in "$(command -v compute-sanitizer || true)" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" \
+    /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+    [[ -n $candidate && -x $candidate ]] && { echo "$candidate"; return; }
+  done
+}
+
 log "start (dry run: $dry_run)"
 if ((dry_run)); then
+  # The same steps as on a GPU, on CPU: the sanitizer's smoke cases (without the sanitizer), then all.
+  "$python" tests/performance/gpu_check.py --sanitizer-smoke "$@"
   "$python" tests/performance/gpu_check.py --out "$out_dir" "$@"
   exit
 fi
@@ -97,6 +109,19 @@ install_missing_wheels
 build_pycuda
 log "precompiling kernels"
 "$python" -m mili.kernels.cuda_build --arch "sm_$("$python" -c 'import torch; print("".join(map(str, torch.cuda.get_device_capability())))')"
+status=0
+sanitizer=$(find_sanitizer)
+if [[ -n $sanitizer ]]; then
+  log "one small case of each kernel under compute-sanitizer memcheck"
+  "$sanitizer" --tool memcheck --error-exitcode 3 --log-file "$out_dir/memcheck.log" \
+    "$python" tests/performance/gpu_check.py --sanitizer-smoke "$@" || status=$?
+  tail -n 5 "$out_dir/memcheck.log" || true
+  ((status == 0)) || log "memcheck FAILED (exit $status), see memcheck.log"
+else
+  log "compute-sanitizer not found (PATH, \$CUDA_HOME/bin): memcheck NOT run"
+  status=4
+fi
 log "running checks"
-"$python" tests/performance/gpu_check.py --out "$out_dir" "$@"
-log "done"
+"$python" tests/performance/gpu_check.py --out "$out_dir" "$@" || status=$?
+log "done (status $status)"
+exit "$status"

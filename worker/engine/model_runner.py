@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from pathlib import Path
 
 import torch
 
-from mili.kernels import select_backend
+from mili.kernels import KernelShapes, choose_backend
+from mili.kernels.self_check import SelfCheckFailed
 from mili.worker.config import EngineConfig
 from mili.worker.engine.context import AttentionContext, set_context
+from mili.worker.engine.cuda_graphs import (
+    DecodeGraphs,
+    capture_sizes,
+    graphs_off_reason,
+    measure_capture_bytes,
+)
 from mili.worker.engine.sampler import Sampler, SampleResult
 from mili.worker.engine.scheduler import ScheduledBatch, ScheduledSequence
 from mili.worker.models.loader import load_model
@@ -36,6 +44,21 @@ def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) ->
     return getattr(torch, name)
 
 
+def kernel_shapes(model_config: ModelConfig, config: EngineConfig, dtype: torch.dtype) -> KernelShapes:
+    """The shapes the kernel self-check draws its inputs in: this model's."""
+    mc = model_config
+    return KernelShapes(
+        hidden_size=mc.hidden_size,
+        intermediate_size=mc.intermediate_size,
+        num_heads=mc.num_heads,
+        num_kv_heads=mc.num_kv_heads,
+        head_dim=mc.head_dim,
+        block_size=config.block_size,
+        dtype=dtype,
+        qk_norm=mc.qk_norm,
+    )
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_dir: Path, model_config: ModelConfig) -> None:
         self.config = config
@@ -43,11 +66,49 @@ class ModelRunner:
         self.block_size = config.block_size
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, model_config, self.device)
-        self.backend = select_backend(config.kernels, self.device)
+        self.kernel_choice = choose_backend(
+            config.kernels, self.device, kernel_shapes(model_config, config, self.dtype)
+        )
+        self.backend = self.kernel_choice.backend
         self.model = load_model(model_dir, model_config, self.backend, self.dtype, self.device)
+        self.graphs = self._decode_graphs()
         self.num_blocks = self._size_kv_pool()
         self.kv_cache = self._allocate_kv_cache()
-        self.sampler = Sampler(config.seed)
+        if self.graphs is not None:
+            self._capture_graphs()
+        self.sampler = Sampler(config.seed, model_config.vocab_size, self.device)
+
+    # --- CUDA graphs (mili.worker.engine.cuda_graphs) -------------------------------------------------
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        off = graphs_off_reason(self.config, self.device, self.backend)
+        if off is not None:
+            logger.info("CUDA graphs off: %s", off)
+            return None
+        mc = self.model_config
+        max_len = min(self.config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
+        sizes = capture_sizes(self.config.max_num_seqs)
+        width = -(-max_len // self.block_size)
+        return DecodeGraphs(self.model, self.device, sizes, width, mc.hidden_size, self.dtype)
+
+    def _capture_graphs(self) -> None:
+        """Capture every bucket, then check a replay against the eager forward: on a mismatch
+        ``kernels=cuda`` refuses to start, otherwise decode runs eagerly with an ERROR line."""
+        started = time.perf_counter()
+        try:
+            self.graphs.capture()
+            self.graphs.self_check(self.kv_cache, self.model_config.vocab_size, self.block_size)
+        except SelfCheckFailed as failure:
+            if self.config.kernels == "cuda":
+                raise RuntimeError(f"CUDA graphs failed their self-check: {failure}") from failure
+            logger.error("CUDA graphs off, they failed their self-check: %s", failure)
+            self.graphs = None
+            return
+        logger.info(
+            "CUDA graphs: %d decode buckets up to %d captured and checked in %.2f s",
+            len(self.graphs.sizes),
+            self.graphs.sizes[-1],
+            time.perf_counter() - started,
+        )
 
     # --- KV cache ---------------------------------------------------------------------------------
     @property
@@ -73,11 +134,12 @@ class ModelRunner:
         warmup_blocks = -(-num_tokens // self.block_size)
         self._bind_kv_cache(self._new_kv_tensor(warmup_blocks))
         self.warm_up(num_tokens)
+        graph_bytes = measure_capture_bytes(self.graphs) if self.graphs is not None else 0
         self._bind_kv_cache(None)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         _, total = torch.cuda.mem_get_info(self.device)
-        return int(total * self.config.gpu_memory_utilization) - peak
+        return int(total * self.config.gpu_memory_utilization) - peak - graph_bytes
 
     def _new_kv_tensor(self, num_blocks: int) -> torch.Tensor:
         mc = self.model_config
@@ -130,14 +192,24 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch, eos_token_ids: frozenset[int]) -> list[SampleResult]:
         """Forward the batch; returns one sample per entry whose ``samples`` is set, in batch order."""
         input_ids, positions, context, logits_rows = self._prepare(batch)
-        set_context(context)
-        try:
-            hidden = self.model(input_ids, positions)
-            logits = self.model.compute_logits(hidden[logits_rows])
-        finally:
-            set_context(None)
+        if self._graph_can_run(batch, context):
+            hidden = self.graphs.run(input_ids, positions, context)
+        else:
+            set_context(context)
+            try:
+                hidden = self.model(input_ids, positions)
+            finally:
+                set_context(None)
+        logits = self.model.compute_logits(hidden[logits_rows])
         seqs = [entry.seq for entry in batch.entries if entry.samples]
         return self.sampler(logits, seqs, eos_token_ids)
+
+    def _graph_can_run(self, batch: ScheduledBatch, context: AttentionContext) -> bool:
+        return (
+            self.graphs is not None
+            and not batch.prefills
+            and self.graphs.can_run(len(batch.decodes), context.decode_block_tables.shape[1])
+        )
 
     def _prepare(
         self, batch: ScheduledBatch

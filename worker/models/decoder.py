@@ -83,10 +83,12 @@ class Attention(nn.Module):
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        # q and k are strided views of qkv: the norm kernels and the paged cache want them dense (the
+        # norm's output is a fresh dense tensor; rotary then rotates it in place).
+        q, k = q.contiguous(), k.contiguous()
         if self.q_norm is not None:
             q = self.q_norm(q)[0]
             k = self.k_norm(k)[0]
-        q, k = q.contiguous(), k.contiguous()
         self.backend.rotary_embedding(positions, q, k, cos_sin_cache)
         out = self.attend(q, k, v.contiguous())
         return self.o_proj(out.reshape(num_tokens, -1))

@@ -283,6 +283,8 @@ class AsyncEngine:
     def _run(self) -> None:
         try:
             self.engine = LLMEngine(self.config)
+            kernels = self.engine.runner.kernel_choice
+            self.metrics.set_kernel_backend(kernels.backend.name, kernels.reason)
             if self.warm_up:
                 self._warm_up(self.engine)
             self.metrics.set_baseline(self.engine.stats())

@@ -10,12 +10,13 @@ from mili.worker.structured.matcher import BatchBitmask, apply_bitmask
 
 
 class BatchConstrainer:
-    """Applies constraints to a batch's logits (``[len(seqs), vocab]``), in place."""
+    """The sampler's logits processor for constraints: edits a batch's logits (``[len(seqs), vocab]``)
+    in place."""
 
     def __init__(self) -> None:
         self._bitmask: BatchBitmask | None = None
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[int]) -> None:
         for row, seq in enumerate(seqs):
             if seq.token_constraints is not None:
                 seq.token_constraints.apply(logits[row], seq.output_token_ids)

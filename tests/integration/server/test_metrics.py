@@ -30,6 +30,7 @@ WORKER_METRICS = {
     "mili_inter_token_latency_seconds": ("histogram", set()),
     "mili_e2e_request_latency_seconds": ("histogram", set()),
     "mili_request_queue_time_seconds": ("histogram", set()),
+    "mili_kernel_backend_info": ("gauge", {"backend", "reason"}),
 }
 
 
@@ -71,6 +72,14 @@ def test_counters_and_histograms_move_with_traffic(server):
     assert grew("mili_prefix_cache_queried_tokens_total") >= result["usage"]["prompt_tokens"] - 1
     complete(server.url, "The quick brown fox", max_tokens=2)  # same prompt again: its blocks are cached
     assert server.metrics()[("mili_kv_cache_blocks", (("model_name", "tiny"),))] > 0
+
+
+def test_the_kernel_backend_serving_is_named_with_its_reason(server):
+    backends = {key: value for key, value in server.metrics().items() if key[0] == "mili_kernel_backend_info"}
+    assert len(backends) == 1, backends
+    (((_, labels), value),) = backends.items()
+    assert value == 1 and dict(labels)["backend"] == "torch"
+    assert dict(labels)["reason"] in ("requested", "not_cuda_device"), labels
 
 
 def test_promtool_accepts_the_exposition(server):
