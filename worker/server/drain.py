@@ -46,6 +46,9 @@ class DrainingServer(uvicorn.Server):
                 logger.info("drained: no call in flight; shutting down")
                 self.should_exit = True
             elif time.monotonic() >= self._drain_deadline:
-                logger.info("drain deadline passed with %d call(s) in flight; aborting them", self.state.calls_in_flight)
+                logger.info(
+                    "drain deadline passed with %d call(s) in flight; aborting them",
+                    self.state.calls_in_flight,
+                )
                 self.should_exit = True
         return await super().on_tick(counter)

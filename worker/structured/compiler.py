@@ -83,8 +83,8 @@ class GrammarCompilerService:
         if spec.kind == "json":
             schema = json.dumps(without_control_characters(json.loads(spec.source)))
             return compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=True)
-        if spec.kind == "json_object":
-            return compiler.compile_builtin_json_grammar()
+        if spec.kind == "json_object":  # any object (xgrammar's builtin JSON grammar allows any value)
+            return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False, strict_mode=False)
         if spec.kind == "regex":
             return compiler.compile_regex(spec.source)
         if spec.kind == "choice":

@@ -31,7 +31,11 @@ class RunningServer:
     """``create_app(config)`` served by uvicorn on 127.0.0.1:<free port> until ``stop()``."""
 
     def __init__(
-        self, config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None, **app_options
+        self,
+        config: EngineConfig,
+        api_key: str | None = None,
+        limits: ServerLimits | None = None,
+        **app_options,
     ) -> None:
         self.app = create_app(config, api_key=api_key, limits=limits, **app_options)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -44,36 +44,144 @@ SHORT = {"type": "string", "maxLength": 10}
 # bounded so that random weights finish within max_tokens.
 SCHEMAS = [
     {"type": "object", "properties": {"name": SHORT}, "required": ["name"]},
-    {"type": "object", "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["age"]},
-    {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
-    {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}}, "required": ["color"]},
-    {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"}}, "required": ["code"]},
-    {"type": "object", "properties": {"tags": {"type": "array", "items": SHORT, "maxItems": 3}}, "required": ["tags"]},
     {
         "type": "object",
-        "properties": {"point": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9}, "y": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["x", "y"]}},
+        "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["age"],
+    },
+    {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
+    {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}}, "required": ["color"]},
+    {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"}},
+        "required": ["code"],
+    },
+    {
+        "type": "object",
+        "properties": {"tags": {"type": "array", "items": SHORT, "maxItems": 3}},
+        "required": ["tags"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "point": {
+                "type": "object",
+                "properties": {
+                    "x": {"type": "integer", "minimum": 0, "maximum": 9},
+                    "y": {"type": "integer", "minimum": 0, "maximum": 9},
+                },
+                "required": ["x", "y"],
+            }
+        },
         "required": ["point"],
     },
     {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 5}, "minItems": 1, "maxItems": 4},
-    {"type": "object", "properties": {"level": {"type": "integer", "enum": [1, 2, 3]}}, "required": ["level"]},
-    {"type": "object", "properties": {"nothing": {"type": "null"}}, "required": ["nothing"]},
-    {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-f0-9]{8}$"}, "n": {"type": "integer", "minimum": 10, "maximum": 20}}, "required": ["id", "n"]},
-    {"type": "object", "properties": {"kind": {"const": "fixed"}}, "required": ["kind"]},
-    {"type": "object", "properties": {"v": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 3}, {"type": "boolean"}]}}, "required": ["v"]},
     {
         "type": "object",
-        "properties": {"people": {"type": "array", "maxItems": 2, "items": {"type": "object", "properties": {"name": SHORT, "role": {"enum": ["admin", "user"]}}, "required": ["name", "role"]}}},
+        "properties": {"level": {"type": "integer", "enum": [1, 2, 3]}},
+        "required": ["level"],
+    },
+    {"type": "object", "properties": {"nothing": {"type": "null"}}, "required": ["nothing"]},
+    {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "pattern": "^[a-f0-9]{8}$"},
+            "n": {"type": "integer", "minimum": 10, "maximum": 20},
+        },
+        "required": ["id", "n"],
+    },
+    {"type": "object", "properties": {"kind": {"const": "fixed"}}, "required": ["kind"]},
+    {
+        "type": "object",
+        "properties": {
+            "v": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 3}, {"type": "boolean"}]}
+        },
+        "required": ["v"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "people": {
+                "type": "array",
+                "maxItems": 2,
+                "items": {
+                    "type": "object",
+                    "properties": {"name": SHORT, "role": {"enum": ["admin", "user"]}},
+                    "required": ["name", "role"],
+                },
+            }
+        },
         "required": ["people"],
     },
-    {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "object", "properties": {"c": {"enum": [True, False]}}, "required": ["c"]}}, "required": ["b"]}}, "required": ["a"]},
-    {"type": "object", "properties": {"date": {"type": "string", "pattern": "^20[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9]$"}}, "required": ["date"]},
-    {"type": "object", "properties": {"matrix": {"type": "array", "maxItems": 2, "items": {"type": "array", "maxItems": 2, "items": {"type": "integer", "minimum": 0, "maximum": 1}}}}, "required": ["matrix"]},
-    {"type": "object", "properties": {"name": SHORT, "nick": SHORT}, "required": ["name"], "additionalProperties": False},
-    {"type": "object", "properties": {"status": {"enum": ["on", "off"]}, "count": {"type": "integer", "minimum": 0, "maximum": 5}, "label": {"type": "string", "minLength": 2, "maxLength": 4}}, "required": ["status", "count", "label"]},
+    {
+        "type": "object",
+        "properties": {
+            "a": {
+                "type": "object",
+                "properties": {
+                    "b": {"type": "object", "properties": {"c": {"enum": [True, False]}}, "required": ["c"]}
+                },
+                "required": ["b"],
+            }
+        },
+        "required": ["a"],
+    },
+    {
+        "type": "object",
+        "properties": {"date": {"type": "string", "pattern": "^20[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9]$"}},
+        "required": ["date"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "matrix": {
+                "type": "array",
+                "maxItems": 2,
+                "items": {
+                    "type": "array",
+                    "maxItems": 2,
+                    "items": {"type": "integer", "minimum": 0, "maximum": 1},
+                },
+            }
+        },
+        "required": ["matrix"],
+    },
+    {
+        "type": "object",
+        "properties": {"name": SHORT, "nick": SHORT},
+        "required": ["name"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["on", "off"]},
+            "count": {"type": "integer", "minimum": 0, "maximum": 5},
+            "label": {"type": "string", "minLength": 2, "maxLength": 4},
+        },
+        "required": ["status", "count", "label"],
+    },
     {"type": "string", "enum": ["yes", "no", "maybe"]},
-    {"type": "object", "properties": {"range": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 0, "maximum": 9}, {"type": "integer", "minimum": 10, "maximum": 19}], "items": False}}, "required": ["range"]},
-    {"type": "object", "properties": {"temp": {"type": "number", "minimum": -5, "maximum": 5}}, "required": ["temp"]},
-]  # fmt: skip
+    {
+        "type": "object",
+        "properties": {
+            "range": {
+                "type": "array",
+                "prefixItems": [
+                    {"type": "integer", "minimum": 0, "maximum": 9},
+                    {"type": "integer", "minimum": 10, "maximum": 19},
+                ],
+                "items": False,
+            }
+        },
+        "required": ["range"],
+    },
+    {
+        "type": "object",
+        "properties": {"temp": {"type": "number", "minimum": -5, "maximum": 5}},
+        "required": ["temp"],
+    },
+]
 
 
 class Person(pydantic.BaseModel):
@@ -147,14 +255,32 @@ def test_json_schema_with_n_2_streamed(client):
 
 
 def test_json_object_and_vllm_structured_outputs_on_completions(client):
-    free = client.completions.create(model="tiny", prompt="Answer:", max_tokens=60, extra_body={"response_format": {"type": "json_object"}}, seed=1)  # fmt: skip
+    free = client.completions.create(
+        model="tiny",
+        prompt="Answer:",
+        max_tokens=60,
+        extra_body={"response_format": {"type": "json_object"}},
+        seed=1,
+    )
     assert isinstance(json.loads(free.choices[0].text), dict)
-    regex = client.completions.create(model="tiny", prompt="Code:", max_tokens=20, extra_body={"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}})  # fmt: skip
+    regex = client.completions.create(
+        model="tiny",
+        prompt="Code:",
+        max_tokens=20,
+        extra_body={"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}},
+    )
     assert regex.choices[0].text[:3].isdigit() and len(regex.choices[0].text) == 6
-    choice = client.completions.create(model="tiny", prompt="Pick:", max_tokens=10, extra_body={"structured_outputs": {"choice": ["left", "right"]}})  # fmt: skip
+    choice = client.completions.create(
+        model="tiny",
+        prompt="Pick:",
+        max_tokens=10,
+        extra_body={"structured_outputs": {"choice": ["left", "right"]}},
+    )
     assert choice.choices[0].text in ("left", "right")
     grammar = 'root ::= "(" [0-9]+ ")"'
-    ebnf = client.completions.create(model="tiny", prompt="G:", max_tokens=10, extra_body={"structured_outputs": {"grammar": grammar}})  # fmt: skip
+    ebnf = client.completions.create(
+        model="tiny", prompt="G:", max_tokens=10, extra_body={"structured_outputs": {"grammar": grammar}}
+    )
     text = ebnf.choices[0].text
     assert text.startswith("(") and (text.endswith(")") or ebnf.choices[0].finish_reason == "length")
 
@@ -163,10 +289,18 @@ def test_constrained_and_free_requests_share_batches(client):
     from concurrent.futures import ThreadPoolExecutor
 
     def constrained(seed):
-        return client.chat.completions.create(model="tiny", messages=MESSAGES, response_format=json_schema_format(SCHEMAS[0]), max_tokens=100, seed=seed)  # fmt: skip
+        return client.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            response_format=json_schema_format(SCHEMAS[0]),
+            max_tokens=100,
+            seed=seed,
+        )
 
     def free(seed):
-        return client.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=24, seed=seed, temperature=0)  # fmt: skip
+        return client.completions.create(
+            model="tiny", prompt="The quick brown fox", max_tokens=24, seed=seed, temperature=0
+        )
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: (constrained if i % 2 else free)(i), range(8)))
@@ -222,21 +356,30 @@ def test_required_tool_calls_stream_as_openai_does(client):
 
 def test_parallel_tool_calls_false_makes_one_call(client):
     completion = client.chat.completions.create(
-        model="tiny", messages=MESSAGES, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required",
-        parallel_tool_calls=False, max_tokens=200, seed=2,
-    )  # fmt: skip
+        model="tiny",
+        messages=MESSAGES,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=200,
+        seed=2,
+    )
     assert len(completion.choices[0].message.tool_calls) == 1
 
 
 def test_full_tool_round_trip(client):
     messages = [{"role": "user", "content": "Weather in Paris?"}]
-    first = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=100)  # fmt: skip
+    first = client.chat.completions.create(
+        model="tiny", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=100
+    )
     call = first.choices[0].message.tool_calls[0]
     messages += [
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21})},
     ]
-    second = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=8, temperature=0)  # fmt: skip
+    second = client.chat.completions.create(
+        model="tiny", messages=messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=8, temperature=0
+    )
     assert second.choices[0].message.tool_calls in (None, [])
     assert second.usage.prompt_tokens > first.usage.prompt_tokens  # the tool result reached the prompt
 
@@ -244,14 +387,30 @@ def test_full_tool_round_trip(client):
 def test_bad_requests_are_400_naming_the_field(client, server):
     bare = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     cases = [
-        (client, dict(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), "response_format"),
+        (
+            client,
+            dict(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+            "response_format",
+        ),
         (client, dict(response_format=json_schema_format({"type": "nonsense"})), "response_format"),
         (client, dict(extra_body={"structured_outputs": {"regex": "("}}), "structured_outputs"),
-        (client, dict(extra_body={"structured_outputs": {"regex": "a", "choice": ["b"]}}), "structured_outputs"),
-        (client, dict(tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice"),
+        (
+            client,
+            dict(extra_body={"structured_outputs": {"regex": "a", "choice": ["b"]}}),
+            "structured_outputs",
+        ),
+        (
+            client,
+            dict(tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
+            "tool_choice",
+        ),
         (client, dict(tool_choice="required"), "tool_choice"),
         (bare, dict(tools=[WEATHER_TOOL]), "tool_choice"),  # auto without --tool-call-parser
-        (client, dict(response_format={"type": "json_object"}, tools=[WEATHER_TOOL], tool_choice="required"), "tool_choice"),
+        (
+            client,
+            dict(response_format={"type": "json_object"}, tools=[WEATHER_TOOL], tool_choice="required"),
+            "tool_choice",
+        ),
         (client, dict(logit_bias={"100000": 1}), "logit_bias"),
         (client, dict(logit_bias={"1": 101}), "logit_bias"),
         (client, dict(extra_body={"allowed_token_ids": [10**6]}), "allowed_token_ids"),
@@ -260,7 +419,7 @@ def test_bad_requests_are_400_naming_the_field(client, server):
         (client, dict(extra_body={"use_beam_search": True}), "use_beam_search"),
         (client, dict(extra_body={"guided_json": {}}), "guided_json"),
         (client, dict(stream_options={"include_usage": True}), "stream_options"),
-    ]  # fmt: skip
+    ]
     for target, fields, param in cases:
         with pytest.raises(openai.BadRequestError) as raised:
             target.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, **fields)
@@ -271,13 +430,19 @@ def test_bad_requests_are_400_naming_the_field(client, server):
 def test_logit_bias_allowed_token_ids_and_bad_words(client, tool_server):
     tokenizer = tool_server.engine.tokenizer
     target = tokenizer.encode(" fox", add_special_tokens=False)[0]
-    biased = client.completions.create(model="tiny", prompt="hi", max_tokens=4, temperature=0, logit_bias={str(target): 100})  # fmt: skip
+    biased = client.completions.create(
+        model="tiny", prompt="hi", max_tokens=4, temperature=0, logit_bias={str(target): 100}
+    )
     assert biased.choices[0].text == tokenizer.decode([target] * 4)
-    allowed = client.completions.create(model="tiny", prompt="hi", max_tokens=6, temperature=1, extra_body={"allowed_token_ids": [target]})  # fmt: skip
+    allowed = client.completions.create(
+        model="tiny", prompt="hi", max_tokens=6, temperature=1, extra_body={"allowed_token_ids": [target]}
+    )
     assert allowed.choices[0].text == tokenizer.decode([target] * 6)
     free = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=12, temperature=0)
     word = free.choices[0].text.split()[0]
-    banned = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=12, temperature=0, extra_body={"bad_words": [word]})  # fmt: skip
+    banned = client.completions.create(
+        model="tiny", prompt="The quick brown", max_tokens=12, temperature=0, extra_body={"bad_words": [word]}
+    )
     assert word not in banned.choices[0].text.split()
 
 
@@ -286,7 +451,12 @@ def test_echo_truncate_and_continue_final_message(client, tool_server):
         model="tiny", prompt="The quick brown", max_tokens=3, echo=True, temperature=0
     )
     assert echoed.choices[0].text.startswith("The quick brown")
-    truncated = client.completions.create(model="tiny", prompt="The quick brown fox jumps", max_tokens=1, extra_body={"truncate_prompt_tokens": 2})  # fmt: skip
+    truncated = client.completions.create(
+        model="tiny",
+        prompt="The quick brown fox jumps",
+        max_tokens=1,
+        extra_body={"truncate_prompt_tokens": 2},
+    )
     assert truncated.usage.prompt_tokens == 2
     continued = client.chat.completions.create(
         model="tiny",
