@@ -258,11 +258,15 @@ def test_json_object_and_vllm_structured_outputs_on_completions(client):
     free = client.completions.create(
         model="tiny",
         prompt="Answer:",
-        max_tokens=60,
+        max_tokens=300,
+        n=8,
         extra_body={"response_format": {"type": "json_object"}},
         seed=1,
     )
-    assert isinstance(json.loads(free.choices[0].text), dict)
+    # any object: random weights may write an endless string, but every finished one is an object
+    assert all(choice.text.startswith("{") for choice in free.choices)
+    finished = [choice.text for choice in free.choices if choice.finish_reason == "stop"]
+    assert finished and all(isinstance(json.loads(text), dict) for text in finished)
     regex = client.completions.create(
         model="tiny",
         prompt="Code:",
