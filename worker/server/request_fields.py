@@ -59,7 +59,10 @@ FIELDS: tuple[RequestField, ...] = (
     _ok("prompt", "completions", "OpenAI", "text, token ids, or a batch of either"),
     _ok("logprobs", "completions", "OpenAI", "0..20 top logprobs per token"),
     _ok(
-        "echo", "completions", "OpenAI", "the prompt comes first in the text; with logprobs, the prompt's too"
+        "echo",
+        "completions",
+        "OpenAI",
+        "the prompt comes first in the text; with logprobs a 400 (no prompt logprobs yet)",
     ),
     _ok("best_of", "completions", "OpenAI", "must equal n (400 otherwise): no ranking is done"),
     _no("suffix", "completions", "OpenAI", "insertion is not supported"),
