@@ -223,7 +223,9 @@ class Sampler:
         if any(seq.params.seed is not None for seq in seqs):
             seeded = seeded_exponential(seqs, probs.shape[1], self.device)
             noise = torch.where(column["seeded"].unsqueeze(1) > 0, seeded, noise)
-        return (probs / noise).argmax(dim=-1)
+        # noise can round to exactly 0 (float32 uniform → 1.0): 0/0 = NaN would win argmax for a token
+        # with probability 0 (masked by a grammar, or outside top-k), so keep it positive
+        return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
 
     def _results(
         self,
