@@ -18,7 +18,7 @@ python=${PYTHON:-.venv/bin/python}
 
 pycuda_spec=${PYCUDA_SPEC:-pycuda==2026.1}
 pycuda_deps=(pytools==2026.1.1 platformdirs mako siphash24 typing-extensions markupsafe)
-read -r -a worker_deps <<<"${GPU_WORKER_DEPS:-fastapi uvicorn pydantic gguf jinja2 prometheus-client}"
+read -r -a worker_deps <<<"${GPU_WORKER_DEPS:-fastapi uvicorn pydantic gguf jinja2 prometheus-client transformers tokenizers safetensors}"
 target=(--python-version "$python_version" --implementation cp --only-binary=:all:
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 
