@@ -122,5 +122,5 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """Only the most likely token can be drawn: temperature or top_p below ``GREEDY_BELOW``, or top_k 1."""
+        """Only the most likely token can be drawn (temperature or top_p below ``GREEDY_BELOW``, top_k 1)."""
         return self.temperature < GREEDY_BELOW or self.top_p < GREEDY_BELOW or self.top_k == 1

@@ -6,7 +6,10 @@ output lengths; reports completed/failed, request and token throughput, TTFT, TP
         --num-prompts 100 --request-rate 4 --input-len 128 --output-len 64
 
 Prompts are random words (their token count is what the server reports in ``usage``); outputs are
-forced to their drawn length with ``ignore_eos``, as vLLM's random dataset does. Not collected by CI.
+forced to their drawn length with ``ignore_eos``, as vLLM's random dataset does. Requests the server
+sheds (HTTP 503, say a full queue) are counted apart from failures. ``--overload-factor 4`` runs a
+second time at 4× the rate and compares: admitted requests' p99 TTFT against the first run's, what
+was shed, and any other error. Not collected by CI.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ WORDS = VOCABULARY.split()
 @dataclass
 class RequestResult:
     ok: bool = False
+    shed: bool = False  # the server answered 503 (at capacity): refused, not failed
     error: str = ""
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -45,6 +49,7 @@ class RequestResult:
 @dataclass
 class Summary:
     completed: int
+    shed: int
     failed: int
     duration_s: float
     request_throughput: float
@@ -92,6 +97,7 @@ async def send(
     try:
         async with client.stream("POST", f"{args.base_url}{path}", json=body) as response:
             if response.status_code != 200:
+                result.shed = response.status_code == 503
                 result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return result
             async for line in response.aiter_lines():
@@ -146,9 +152,11 @@ def summarize(results: list[RequestResult], duration: float) -> Summary:
     def mean(values: list[float]) -> float:
         return statistics.fmean(values) if values else 0.0
 
+    shed = sum(r.shed for r in results)
     return Summary(
         completed=len(done),
-        failed=len(results) - len(done),
+        shed=shed,
+        failed=len(results) - len(done) - shed,
         duration_s=duration,
         request_throughput=len(done) / duration,
         output_token_throughput=output_tokens / duration,
@@ -201,6 +209,7 @@ def print_summary(args: argparse.Namespace, summary: Summary, results: list[Requ
     print(f"============ Serving Benchmark Result (rate {rate} req/s) ============")
     rows = [
         ("Successful requests", summary.completed),
+        ("Shed requests (HTTP 503)", summary.shed),
         ("Failed requests", summary.failed),
         ("Benchmark duration (s)", f"{summary.duration_s:.2f}"),
         ("Request throughput (req/s)", f"{summary.request_throughput:.2f}"),
@@ -217,7 +226,7 @@ def print_summary(args: argparse.Namespace, summary: Summary, results: list[Requ
             )
     for name, value in rows:
         print(f"{name:<40}{value:>12}")
-    errors = sorted({r.error for r in results if not r.ok})
+    errors = sorted({r.error for r in results if not r.ok and not r.shed})
     for error in errors[:5]:
         print(f"error: {error}", file=sys.stderr)
 
@@ -239,7 +248,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--result-json", default=None, help="also write the summary here")
+    parser.add_argument(
+        "--overload-factor", type=float, default=None,
+        help="then run again at this many times --request-rate and compare (admission control check)",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+OVERLOAD_MAX_TTFT_RATIO = 2.0  # admitted requests' p99 TTFT under overload, against at capacity
+
+
+def overload_check(args: argparse.Namespace, at_capacity: Summary) -> int:
+    """Run at ``overload_factor`` × the rate; 0 when the excess was shed with 503, nothing else
+    failed, and admitted requests' p99 TTFT stayed within ``OVERLOAD_MAX_TTFT_RATIO`` ×."""
+    overload = argparse.Namespace(**vars(args))
+    overload.request_rate = args.request_rate * args.overload_factor
+    overload.num_prompts = int(args.num_prompts * args.overload_factor)
+    summary, results = asyncio.run(benchmark(overload))
+    print_summary(overload, summary, results)
+    ratio = summary.p99_ttft_ms / at_capacity.p99_ttft_ms if at_capacity.p99_ttft_ms else float("inf")
+    print(f"============ Overload at {args.overload_factor:g}× the rate ============")
+    print("| run | rate (req/s) | sent | completed | shed (503) | other errors | p99 TTFT (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, run_args, run in (("capacity", args, at_capacity), ("overload", overload, summary)):
+        sent = run.completed + run.shed + run.failed
+        print(f"| {name} | {run_args.request_rate:g} | {sent} | {run.completed} | {run.shed} | {run.failed} "
+              f"| {run.p99_ttft_ms:.0f} |")  # fmt: skip
+    print(f"p99 TTFT ratio (overload / capacity): {ratio:.2f} (limit {OVERLOAD_MAX_TTFT_RATIO:g})")
+    passed = ratio <= OVERLOAD_MAX_TTFT_RATIO and summary.failed == 0 and summary.shed > 0
+    print("overload check:", "PASS" if passed else "FAIL")
+    return 0 if passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 out,
                 indent=2,
             )
+    if args.overload_factor is not None:
+        return overload_check(args, summary)
     return 0 if summary.failed == 0 else 1
 
 

@@ -7,7 +7,16 @@ import math
 from mili.worker.engine.outputs import CompletionOutput, OutputAccumulator
 from mili.worker.engine.sequence import TokenLogprobs
 from mili.worker.server.async_engine import OutputStream
-from mili.worker.server.protocol import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob, Usage
+from mili.worker.server.errors import dump_json
+from mili.worker.server.protocol import (
+    ChatCompletion,
+    ChatLogprobs,
+    Completion,
+    CompletionLogprobs,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from mili.worker.tokenizer import Tokenizer
 
 LOGPROB_FLOOR = -9999.0  # what -inf becomes (JSON has no infinities), as in vLLM
@@ -23,6 +32,14 @@ async def whole_choices(stream: OutputStream) -> list[CompletionOutput]:
                 total = totals[delta.index] = OutputAccumulator(delta.index)
             total.add(delta)
     return [totals[index].as_completion() for index in sorted(totals)]
+
+
+def serialize_response(response: Completion | ChatCompletion) -> bytes:
+    """The JSON of a whole response, one choice at a time: a single ``model_dump`` or ``json.dumps`` of
+    a large body would hold the GIL (and so the event loop) for its whole duration, even off-loop."""
+    envelope = dump_json(response.model_dump(mode="json", exclude={"choices"}))
+    choices = b",".join(dump_json(choice.model_dump(mode="json")) for choice in response.choices)
+    return b'{"choices":[' + choices + b"]," + envelope[1:]
 
 
 def usage(stream: OutputStream) -> Usage:

@@ -34,7 +34,7 @@ from mili.worker.server.async_engine import (
 from mili.worker.server.chat_choices import ChatOptions, ChoiceParser
 from mili.worker.server.errors import APIError, JSONBody, dump_json, error_body, queue_full_error
 from mili.worker.server.limits import RETRY_AFTER_S, ServerLimits
-from mili.worker.server.outputs import LogprobFormatter, usage, whole_choices
+from mili.worker.server.outputs import LogprobFormatter, serialize_response, usage, whole_choices
 from mili.worker.server.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -334,7 +334,7 @@ class _Call:
             raise APIError(str(error), 500, code="engine_error") from error
         finally:
             self.abort()
-        body = await run_in_threadpool(lambda: dump_json(build(choices).model_dump(mode="json")))
+        body = await run_in_threadpool(lambda: serialize_response(build(choices)))
         return Response(body, media_type="application/json")
 
     # --- non-streaming bodies ---

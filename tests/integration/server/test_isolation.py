@@ -36,7 +36,7 @@ BAD_INPUTS = [
     ("65 stop strings", {"prompt": "hi", "stop": [f"s{i}" for i in range(65)]}, "stop"),
     ("a stop string of 1,025 characters", {"prompt": "hi", "stop": ["x" * 1025]}, "stop"),
     ("prompts × n over 256", {"prompt": ["a"] * 17, "n": 16}, "n"),
-    ("text prompt over 16 × max_model_len characters", {"prompt": "a b " * (4 * MAX_MODEL_LEN + 1)}, "prompt"),
+    ("text over 16 × max_model_len characters", {"prompt": "a b " * (4 * MAX_MODEL_LEN + 1)}, "prompt"),
     ("max_tokens past int32", {"prompt": "hi", "max_tokens": 2**31}, "max_tokens"),
     ("seed past int64", {"prompt": "hi", "seed": 2**64}, "seed"),
     ("n past any limit", {"prompt": "hi", "n": 10**20}, "n"),
@@ -48,7 +48,12 @@ BAD_INPUTS = [
 ODD_BUT_VALID = [
     {"prompt": "hi", "max_tokens": 4, "temperature": 1e-30},  # greedy, not NaN
     {"prompt": "hi", "max_tokens": 4, "top_p": 1e-300},
-    {"prompt": "hi", "max_tokens": 24, "ignore_eos": True, "stop": [chr(0x4E00 + i) * 1024 for i in range(64)]},
+    {
+        "prompt": "hi",
+        "max_tokens": 24,
+        "ignore_eos": True,
+        "stop": [chr(0x4E00 + i) * 1024 for i in range(64)],
+    },
 ]
 
 
@@ -83,7 +88,9 @@ async def victim(url: str) -> tuple[int, str | None]:
     return tokens, finish_reason
 
 
-async def post(client: httpx.AsyncClient, body, headers=AUTH, path: str = "/v1/completions") -> httpx.Response:
+async def post(
+    client: httpx.AsyncClient, body, headers=AUTH, path: str = "/v1/completions"
+) -> httpx.Response:
     if isinstance(body, str):
         return await client.post(path, content=body, headers={**headers, "Content-Type": "application/json"})
     return await client.post(path, json=body, headers=headers)
@@ -105,7 +112,8 @@ async def battery(url: str, started: asyncio.Event) -> dict[str, list[httpx.Resp
         # One kind at a time: calls being validated count as queued, so a burst of bad ones could
         # (rightly) get the valid ones shed.
         bad = await asyncio.gather(
-            *(post(client, body) for _, body, _ in BAD_INPUTS), post(client, chat, path="/v1/chat/completions")
+            *(post(client, body) for _, body, _ in BAD_INPUTS),
+            post(client, chat, path="/v1/chat/completions"),
         )
         odd = await asyncio.gather(*(post(client, body) for body in ODD_BUT_VALID))
         too_large = [
@@ -164,4 +172,3 @@ def test_a_victim_stream_survives_a_battery_of_hostile_requests(battery_server):
     shed_counted = battery_server.sample("mili_requests_rejected_total", reason="queue_full") - shed_before
     assert shed_counted == len(shed)
     assert battery_server.sample("mili_max_queued_requests") == QUEUE
-

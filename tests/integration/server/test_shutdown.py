@@ -29,7 +29,10 @@ def serve(tiny_qwen3_dir: Path, tmp_path: Path, poll):
         command += ["--served-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
         command += ["--max-model-len", "256", *flags]
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if k != "MILI_API_KEY"}
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if k != "MILI_API_KEY"},
         )
         processes.append((process, log))
         url = f"http://127.0.0.1:{port}"

@@ -21,7 +21,11 @@ def llm(tiny_qwen3_dir) -> LLM:
 @pytest.mark.parametrize(
     ("prompt", "params", "param"),
     [
-        ([5, 6], SamplingParams(max_tokens=8, min_tokens=4, stop_token_ids=[1_000_000_000]), "stop_token_ids"),
+        (
+            [5, 6],
+            SamplingParams(max_tokens=8, min_tokens=4, stop_token_ids=[1_000_000_000]),
+            "stop_token_ids",
+        ),
         ([5, 10**9], SamplingParams(), "prompt"),
         ([5, -1], SamplingParams(), "prompt"),
     ],
