@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout-keep-alive", type=float, default=DEFAULT_TIMEOUT_KEEP_ALIVE_S,
         help="seconds an idle keep-alive connection stays open",
     )  # fmt: skip
+    server.add_argument(
+        "--tool-call-parser", default=None,
+        help="parse the model's tool calls for tool_choice 'auto' (hermes: Hermes, Qwen2.5, Qwen3)",
+    )  # fmt: skip
+    server.add_argument(
+        "--reasoning-parser", default=None,
+        help="send the model's thinking as reasoning_content (qwen3: <think>...</think>)",
+    )  # fmt: skip
 
     generate = commands.add_parser("generate", help="print one completion of PROMPT")
     generate.add_argument("prompt")
@@ -109,9 +117,11 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mili.worker.server import create_app
+    from mili.worker.server.chat_choices import ChatOptions
     from mili.worker.server.drain import DrainingServer
 
-    app = create_app(engine_config(args), api_key=args.api_key, limits=server_limits(args))
+    chat = ChatOptions(tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser)
+    app = create_app(engine_config(args), api_key=args.api_key, limits=server_limits(args), chat=chat)
     config = uvicorn.Config(
         app,
         host=args.host,

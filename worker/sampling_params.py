@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mili.worker.structured.spec import StructuredOutputsParams
 
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
 MAX_STOP_STRINGS = 64
 MAX_STOP_STRING_CHARS = 1024
 # Below this a temperature (or a nucleus) keeps only the most likely token: decode greedily, since
@@ -33,6 +38,10 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: int | None = None  # number of top logprobs per generated token (0 = only the sampled one)
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None  # added to the logits of these ids, in [-100, 100]
+    allowed_token_ids: list[int] | None = None  # only these ids may be sampled
+    bad_words: list[str] = field(default_factory=list)  # never generated (as vLLM spells them)
+    structured_outputs: StructuredOutputsParams | None = None  # a grammar the output must follow
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -84,9 +93,32 @@ class SamplingParams:
                 "stop_token_ids must be non-negative integers",
             ),
         ]
+        checks += self._constraint_checks()
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def _constraint_checks(self) -> list[tuple[bool, str]]:
+        bias = self.logit_bias or {}
+        return [
+            (
+                all(isinstance(t, int) and t >= 0 for t in bias),
+                "logit_bias keys must be non-negative token ids",
+            ),
+            (
+                all(-MAX_LOGIT_BIAS <= v <= MAX_LOGIT_BIAS for v in bias.values()),
+                f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]",
+            ),
+            (
+                self.allowed_token_ids is None
+                or (bool(self.allowed_token_ids) and all(t >= 0 for t in self.allowed_token_ids)),
+                "allowed_token_ids must be a non-empty list of token ids",
+            ),
+            (
+                all(isinstance(w, str) and w.strip() for w in self.bad_words),
+                "bad_words must be non-empty strings",
+            ),
+        ]
 
     @property
     def greedy(self) -> bool:

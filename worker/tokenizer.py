@@ -199,6 +199,11 @@ class Tokenizer:
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special_ids
 
+    def backend_json(self) -> str:
+        """The ``tokenizer.json`` text (model, pre-tokenizer, decoder): what grammar engines read the
+        vocabulary's encoding (byte-level, byte-fallback) from."""
+        return self._backend.to_str()
+
     # --- text ---
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -16,6 +16,7 @@ from mili.worker.engine.sequence import Sequence
 from mili.worker.model_source import resolve_model_source
 from mili.worker.models.model_config import ModelConfig
 from mili.worker.sampling_params import SamplingParams
+from mili.worker.structured.admission import StructuredAdmission
 from mili.worker.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class LLMEngine:
             self.model_config.eos_token_ids
         )
         self.requests: dict[str, Request] = {}
+        self.structured = StructuredAdmission(
+            self.tokenizer, self.model_config.vocab_size, self.eos_token_ids
+        )
 
     def _max_model_len(self) -> int:
         model_limit = self.model_config.max_position_embeddings
@@ -106,9 +110,13 @@ class LLMEngine:
             request_id, text, token_ids, params, self.tokenizer, arrival_time=arrival_time or time.monotonic()
         )
         self.requests[request_id] = request
+        if self.structured.admit(request):
+            self._schedule(request)
+        return request
+
+    def _schedule(self, request: Request) -> None:
         for seq in request.seqs:
             self.scheduler.add(seq)
-        return request
 
     def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
         """Every client value that indexes a tensor is checked here, before it can reach a step."""
@@ -119,6 +127,10 @@ class LLMEngine:
             raise RequestRejected(f"prompt token ids must be in [0, {vocab})", param="prompt")
         if any(not 0 <= t < vocab for t in params.stop_token_ids):
             raise RequestRejected(f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
+        if any(not 0 <= t < vocab for t in params.logit_bias or {}):
+            raise RequestRejected(f"logit_bias keys must be token ids in [0, {vocab})", param="logit_bias")
+        if any(not 0 <= t < vocab for t in params.allowed_token_ids or []):
+            raise RequestRejected(f"allowed_token_ids must be in [0, {vocab})", param="allowed_token_ids")
         if len(token_ids) >= self.max_model_len:
             raise RequestRejected(
                 f"the prompt has {len(token_ids)} tokens; this model's context limit is {self.max_model_len} "
@@ -166,9 +178,10 @@ class LLMEngine:
         a failure of the batched model run or sampler fails the batch's requests and raises
         ``StepFailed`` carrying their deltas.
         """
+        compiled = self._admit_compiled()
         batch = self.scheduler.schedule()
         if not batch:
-            return []
+            return compiled
         now = time.monotonic()
         for entry in batch.entries:
             metrics = self.requests[entry.seq.request_id].metrics
@@ -181,9 +194,8 @@ class LLMEngine:
         except Exception as error:
             failed = {entry.seq.request_id: self.requests[entry.seq.request_id] for entry in batch.entries}
             message = f"the engine failed while running this request: {type(error).__name__}: {error}"
-            raise StepFailed(
-                message, [self._fail(request, message) for request in failed.values()]
-            ) from error
+            deltas = [self._fail(request, message) for request in failed.values()]
+            raise StepFailed(message, compiled + deltas) from error
         sampled = [entry.seq for entry in batch.entries if entry.samples]
         moved: dict[str, Request] = {}
         for seq, sample in zip(sampled, samples, strict=True):
@@ -201,7 +213,14 @@ class LLMEngine:
                 logger.exception("request %s failed while taking its token", seq.request_id)
                 request.error = f"the engine failed on this request: {type(error).__name__}: {error}"
                 self._end_request(request, "error")
-        return [self._take_delta(request) for request in moved.values()]
+        return compiled + [self._take_delta(request) for request in moved.values()]
+
+    def _admit_compiled(self) -> list[RequestDelta]:
+        """Schedule the requests whose grammar finished compiling; fail those whose grammar failed."""
+        ready, failed = self.structured.take_compiled()
+        for request in ready:
+            self._schedule(request)
+        return [self._fail(request, message) for request, message in failed]
 
     def _fail(self, request: Request, message: str) -> RequestDelta:
         request.error = message
@@ -225,6 +244,8 @@ class LLMEngine:
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         self.runner.sampler.forget(seq)
+        self.structured.forget(seq.request_id)
+        seq.grammar = None  # releases the matcher
 
     def stats(self) -> EngineStats:
         stats = self.block_manager.stats

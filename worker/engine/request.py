@@ -74,6 +74,8 @@ class Request:
         state = self.states[seq.index]
         params = self.params
         seq.token_ids.append(token_id)
+        if seq.grammar is not None:
+            seq.grammar.accept(token_id)
         delta = self._delta_of(state)
         delta.token_ids.append(token_id)
         if logprobs is not None:

@@ -24,6 +24,7 @@ from typing import Protocol
 import torch
 
 from mili.worker.engine.sequence import Sequence, TokenLogprobs
+from mili.worker.structured.logits import BatchConstrainer
 
 
 @dataclass
@@ -162,7 +163,7 @@ class Sampler:
         self.vocab_size = vocab_size
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.token_counts = TokenCounts(vocab_size, self.device)
-        self.processors: list[LogitsProcessor] = [MinTokensProcessor()]
+        self.processors: list[LogitsProcessor] = [MinTokensProcessor(), BatchConstrainer()]
 
     def forget(self, seq: Sequence) -> None:
         """Drop the state of a finished sequence."""
@@ -222,7 +223,9 @@ class Sampler:
         if any(seq.params.seed is not None for seq in seqs):
             seeded = seeded_exponential(seqs, probs.shape[1], self.device)
             noise = torch.where(column["seeded"].unsqueeze(1) > 0, seeded, noise)
-        return (probs / noise).argmax(dim=-1)
+        # noise can round to exactly 0 (float32 uniform → 1.0): 0/0 = NaN would win argmax for a token
+        # with probability 0 (masked by a grammar, or outside top-k), so keep it positive
+        return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
 
     def _results(
         self,

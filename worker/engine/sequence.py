@@ -6,8 +6,13 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mili.worker.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from mili.worker.structured.matcher import GrammarState
+    from mili.worker.structured.token_constraints import TokenConstraints
 
 
 class SequenceStatus(enum.Enum):
@@ -47,6 +52,8 @@ class Sequence:
     stop_reason: str | int | None = None
     num_preemptions: int = 0
     first_token_time: float | None = None
+    grammar: GrammarState | None = None  # the grammar its output follows, while it runs
+    token_constraints: TokenConstraints | None = None  # logit_bias, allowed_token_ids, bad_words
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

@@ -18,10 +18,12 @@ from fastapi import FastAPI
 from mili.worker.config import EngineConfig
 from mili.worker.metrics import WorkerMetrics
 from mili.worker.server.async_engine import AsyncEngine
+from mili.worker.server.chat_choices import ChatOptions
 from mili.worker.server.errors import install_error_handlers
 from mili.worker.server.gate import RequestGate
 from mili.worker.server.limits import ServerLimits
 from mili.worker.server.routes import ServerState, openai_api, probes
+from mili.worker.server.tokenize_routes import tokenizer_api
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ def create_app(
     api_key: str | None = None,
     warm_up: bool = True,
     limits: ServerLimits | None = None,
+    chat: ChatOptions | None = None,
 ) -> FastAPI:
     """A MILI worker app serving ``config.model``; bearer auth on /v1 when ``api_key`` is set."""
     api_key = normalize_api_key(api_key)
@@ -75,10 +78,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.mili = ServerState(
-        engine, metrics, served_name, api_key, created=int(time.time()), limits=limits
+        engine,
+        metrics,
+        served_name,
+        api_key,
+        created=int(time.time()),
+        limits=limits,
+        chat=chat or ChatOptions(),
     )
     install_error_handlers(app)
     app.include_router(probes)
     app.include_router(openai_api)
+    app.include_router(tokenizer_api)
     app.add_middleware(RequestGate)
     return app

@@ -24,6 +24,7 @@ from mili.worker.engine.outputs import OutputAccumulator, RequestDelta, Sequence
 from mili.worker.metrics import WorkerMetrics
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server.limits import HealthLimits
+from mili.worker.structured.compiler import GrammarCompilerService
 from mili.worker.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,11 @@ class AsyncEngine:
     @property
     def max_model_len(self) -> int:
         return self._loaded_engine().max_model_len
+
+    @property
+    def grammars(self) -> GrammarCompilerService:
+        """The engine's grammar compiler (thread-safe): handlers compile before they add a request."""
+        return self._loaded_engine().structured.compiler
 
     def _loaded_engine(self) -> LLMEngine:
         if self.engine is None or not self.ready:

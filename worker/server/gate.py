@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mili.worker.server.errors import APIError, error_response, queue_full_error
 
-API_PREFIX = "/v1"
+API_PREFIXES = ("/v1", "/tokenize", "/detokenize")  # the OpenAI API and vLLM's tokenizer API
 _CLIENT_GONE = object()
 
 
@@ -28,7 +28,7 @@ class RequestGate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIXES):
             await self.app(scope, receive, send)
             return
         state = scope["app"].state.mili

@@ -10,18 +10,27 @@ from mili.worker.server.errors import APIError
 from mili.worker.server.limits import MAX_CHOICES, PROMPT_CHARS_PER_TOKEN
 from mili.worker.server.protocol import (
     MAX_PROMPTS,
+    MAX_TOKEN_LIST,
     ChatCompletionRequest,
     CompletionRequest,
     SamplingRequest,
 )
+from mili.worker.server.request_fields import refuse_unsupported
+from mili.worker.structured.spec import StructuredOutputsParams
 from mili.worker.tokenizer import ChatTemplateError, Tokenizer
 
 SEED_MODULUS = 2**63  # the sampler seeds torch generators with seed + choice index: keep it in range
 
 
-def sampling_params(request: SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def sampling_params(
+    request: SamplingRequest,
+    max_tokens: int | None,
+    logprobs: int | None,
+    structured: StructuredOutputsParams | None = None,
+) -> SamplingParams:
     """The engine's sampling parameters for ``request``; ``max_tokens`` None means "to the context limit"."""
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    logit_bias = token_biases(request.logit_bias)
     try:
         return SamplingParams(
             n=request.n,
@@ -41,9 +50,33 @@ def sampling_params(request: SamplingRequest, max_tokens: int | None, logprobs: 
             min_tokens=request.min_tokens,
             logprobs=logprobs,
             skip_special_tokens=request.skip_special_tokens,
+            logit_bias=logit_bias,
+            allowed_token_ids=request.allowed_token_ids,
+            bad_words=list(request.bad_words or []),
+            structured_outputs=structured,
         )
     except ValueError as error:
         raise APIError(str(error), param=_field_named_in(str(error))) from error
+
+
+def token_biases(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias`` (token ids as JSON object keys) with integer keys."""
+    if not logit_bias:
+        return None
+    if len(logit_bias) > MAX_TOKEN_LIST:
+        raise APIError(f"logit_bias may hold at most {MAX_TOKEN_LIST} tokens", param="logit_bias")
+    biases = {}
+    for key, bias in logit_bias.items():
+        try:
+            biases[int(key)] = bias
+        except ValueError:
+            raise APIError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
+    return biases
+
+
+def truncate(token_ids: list[int], keep: int | None) -> list[int]:
+    """``truncate_prompt_tokens``: the prompt's last ``keep`` tokens."""
+    return token_ids if keep is None or keep >= len(token_ids) else token_ids[-keep:]
 
 
 def _field_named_in(message: str) -> str | None:
@@ -52,16 +85,23 @@ def _field_named_in(message: str) -> str | None:
 
 
 def check_unsupported(request: SamplingRequest) -> None:
-    """Refuse OpenAI features MILI does not implement, rather than silently ignore them."""
-    if request.logit_bias:
-        raise APIError("logit_bias is not supported", param="logit_bias")
+    """Refuse fields of OpenAI's or vLLM's schema that MILI does not implement, naming them."""
+    endpoint = "completions" if isinstance(request, CompletionRequest) else "chat"
+    refuse_unsupported(request.model_dump(exclude_unset=True, by_alias=True), endpoint)
+    if request.stream_options is not None and not request.stream:
+        raise APIError("stream_options is only allowed with stream: true", param="stream_options")
     if isinstance(request, CompletionRequest):
-        if request.echo:
-            raise APIError("echo is not supported", param="echo")
-        if request.suffix:
-            raise APIError("suffix is not supported", param="suffix")
         if request.best_of is not None and request.best_of != request.n:
             raise APIError("best_of must equal n (no best-of ranking is done)", param="best_of")
+    elif (
+        request.continue_final_message
+        and request.add_generation_prompt
+        and ("add_generation_prompt" in request.model_fields_set)
+    ):
+        raise APIError(
+            "continue_final_message and add_generation_prompt cannot both be true",
+            param="continue_final_message",
+        )
 
 
 def max_prompt_chars(max_model_len: int) -> int:
@@ -90,7 +130,13 @@ def count_prompts(prompt: str | list, n: int) -> int:
     return count
 
 
-def completion_prompts(tokenizer: Tokenizer, prompt: str | list, max_chars: int) -> list[list[int]]:
+def completion_prompts(
+    tokenizer: Tokenizer,
+    prompt: str | list,
+    max_chars: int,
+    add_special_tokens: bool = True,
+    truncate_to: int | None = None,
+) -> list[list[int]]:
     """Token ids of each prompt of a completions request (text, ids, or a batch of either)."""
     batch = _prompt_batch(prompt)
     prompts = []
@@ -98,12 +144,12 @@ def completion_prompts(tokenizer: Tokenizer, prompt: str | list, max_chars: int)
         where = "prompt" if len(batch) == 1 else f"prompt[{index}]"
         if isinstance(item, str):
             _check_length(item, max_chars, where, "prompt")
-            token_ids = _encode(tokenizer, item, "prompt", add_special_tokens=True)
+            token_ids = _encode(tokenizer, item, "prompt", add_special_tokens=add_special_tokens)
         else:
             token_ids = item
         if not token_ids:
             raise APIError(f"{where} must not be empty", param="prompt")
-        prompts.append(list(token_ids))
+        prompts.append(truncate(list(token_ids), truncate_to))
     return prompts
 
 
@@ -126,20 +172,39 @@ def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest, max_chars:
         messages.append(fields)
     extra = dict(request.chat_template_kwargs or {})
     if request.tools:
-        extra["tools"] = request.tools
+        extra["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
+    if request.documents:
+        extra["documents"] = request.documents
+    continuing = request.continue_final_message
     try:
         text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=request.add_generation_prompt, **extra
+            messages, add_generation_prompt=request.add_generation_prompt and not continuing, **extra
         )
+        if continuing:
+            text = _cut_after_final_message(text, messages[-1])
     except ChatTemplateError as error:
         raise APIError(str(error), param="messages") from error
     except TypeError as error:  # chat_template_kwargs that clash with the template's own arguments
         raise APIError(f"chat_template_kwargs: {error}", param="chat_template_kwargs") from error
     _check_length(text, max_chars, "the conversation", "messages")
-    token_ids = _encode(tokenizer, text, "messages", add_special_tokens=False)
+    token_ids = _encode(tokenizer, text, "messages", add_special_tokens=bool(request.add_special_tokens))
     if not token_ids:
         raise APIError("the conversation renders to an empty prompt", param="messages")
-    return token_ids
+    return truncate(token_ids, request.truncate_prompt_tokens)
+
+
+def _cut_after_final_message(text: str, final: dict) -> str:
+    """``continue_final_message``: the rendered conversation up to the end of the last message's
+    content, so that generation continues it (as transformers does)."""
+    content = final.get("content")
+    content = content.strip() if isinstance(content, str) else ""
+    end = text.rfind(content) if content else -1
+    if end < 0:
+        raise APIError(
+            "continue_final_message needs a final message with text content that the template renders",
+            param="continue_final_message",
+        )
+    return text[: end + len(content)]
 
 
 def _encode(tokenizer: Tokenizer, text: str, param: str, add_special_tokens: bool) -> list[int]:

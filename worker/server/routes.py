@@ -31,11 +31,11 @@ from mili.worker.server.async_engine import (
     QueueFull,
     RequestFailed,
 )
+from mili.worker.server.chat_choices import ChatOptions, ChoiceParser
 from mili.worker.server.errors import APIError, JSONBody, dump_json, error_body, queue_full_error
 from mili.worker.server.limits import RETRY_AFTER_S, ServerLimits
 from mili.worker.server.outputs import LogprobFormatter, serialize_response, usage, whole_choices
 from mili.worker.server.protocol import (
-    AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -51,6 +51,14 @@ from mili.worker.server.protocol import (
     ModelList,
 )
 from mili.worker.server.sse import ClientDisconnected, EventStreamResponse, cancel_on_disconnect
+from mili.worker.server.structured_request import (
+    ToolPlan,
+    grammar_param,
+    structured_outputs_of,
+    tool_plan,
+)
+from mili.worker.structured.compiler import GrammarError
+from mili.worker.structured.spec import StructuredOutputsParams
 
 DONE_EVENT = b"data: [DONE]\n\n"
 DRAINING_MESSAGE = "the server is shutting down; send new requests to another replica"
@@ -76,6 +84,7 @@ class ServerState:
     limits: ServerLimits = field(default_factory=ServerLimits)
     draining: bool = False
     calls_in_flight: int = 0  # /v1 calls being answered (counted by the request gate)
+    chat: ChatOptions = field(default_factory=ChatOptions)  # tool-call and reasoning parsers
 
 
 def _state(request: Request) -> ServerState:
@@ -153,15 +162,31 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state, arrival = _state(request), time.monotonic()
     _check_model(state, body.model)
     inputs.check_unsupported(body)
+    if body.echo and body.logprobs is not None:
+        raise APIError("echo with logprobs (prompt logprobs) is not supported yet", param="echo")
     tokenizer = _tokenizer(state)
+    structured = structured_outputs_of(body)
     params = inputs.sampling_params(
-        body, max_tokens=16 if body.max_tokens is None else body.max_tokens, logprobs=body.logprobs
+        body,
+        max_tokens=16 if body.max_tokens is None else body.max_tokens,
+        logprobs=body.logprobs,
+        structured=structured,
     )
     num_prompts = inputs.count_prompts(body.prompt, params.n)
     max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
+    await _compile_grammar(state, structured, grammar_param(body, None))
     call = _Call(state, f"cmpl-{uuid.uuid4().hex}", int(time.time()), LogprobFormatter(tokenizer))
     with _admitted(state, num_prompts):
-        prompts = await run_in_threadpool(inputs.completion_prompts, tokenizer, body.prompt, max_chars)
+        prompts = await run_in_threadpool(
+            inputs.completion_prompts,
+            tokenizer,
+            body.prompt,
+            max_chars,
+            body.add_special_tokens is not False,
+            body.truncate_prompt_tokens,
+        )
+        if body.echo:
+            call.echoes = [tokenizer.decode(ids, skip_special_tokens=False) for ids in prompts]
         await call.start(prompts, params, arrival, prompt_param="prompt")
     if body.stream:
         include_usage = body.stream_options.include_usage if body.stream_options else None
@@ -185,12 +210,16 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError("top_logprobs requires logprobs: true", param="top_logprobs")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    plan = tool_plan(body, state.chat.tool_call_parser)
+    structured = structured_outputs_of(body, plan)
     params = inputs.sampling_params(
-        body, max_tokens=max_tokens, logprobs=top_logprobs if body.logprobs else None
+        body, max_tokens=max_tokens, logprobs=top_logprobs if body.logprobs else None, structured=structured
     )
     max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
+    await _compile_grammar(state, structured, grammar_param(body, plan))
     call = _Call(state, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), LogprobFormatter(tokenizer))
     call.num_top_logprobs = top_logprobs
+    call.tool_plan = plan
     with _admitted(state, 1):
         prompt = await run_in_threadpool(inputs.chat_prompt, tokenizer, body, max_chars)
         await call.start([prompt], params, arrival, prompt_param="messages")
@@ -207,6 +236,30 @@ def _tokenizer(state: ServerState):
         return state.engine.tokenizer
     except EngineUnavailable as error:
         raise APIError(str(error), 503, code="model_not_ready") from error
+
+
+async def _compile_grammar(
+    state: ServerState, structured: StructuredOutputsParams | None, param: str
+) -> None:
+    """Compile the request's grammar before it is queued (off the event loop and the engine thread),
+    so that a grammar that fails, or takes too long, is a 400 naming ``param``."""
+    if structured is None:
+        return
+    try:
+        compiler = state.engine.grammars
+    except EngineUnavailable as error:
+        raise APIError(str(error), 503, code="model_not_ready") from error
+    spec = structured.spec(param)
+    try:
+        # shield: the compile is shared with other requests and must not be cancelled by this one
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(compiler.submit(spec))), compiler.timeout_s)
+    except asyncio.TimeoutError as error:
+        raise APIError(
+            f"{param} did not compile within {compiler.timeout_s:g} s; simplify the schema or grammar",
+            param=param,
+        ) from error
+    except GrammarError as error:
+        raise APIError(f"{param} cannot be compiled: {error.problem}", param=param) from error
 
 
 @contextlib.contextmanager
@@ -233,6 +286,8 @@ class _Call:
         self.created = created
         self.formatter = formatter
         self.num_top_logprobs = 0
+        self.tool_plan: ToolPlan | None = None
+        self.echoes: list[str] | None = None  # completions with echo: each prompt's text
         self.request_ids: list[str] = []
         self.stream: OutputStream | None = None
 
@@ -283,6 +338,9 @@ class _Call:
         return Response(body, media_type="application/json")
 
     # --- non-streaming bodies ---
+    def _echo(self, choice_index: int) -> str:
+        return self.echoes[choice_index // self.stream.n] if self.echoes else ""
+
     def completion_response(self, choices: list[CompletionOutput]) -> Completion:
         return Completion(
             id=self.id,
@@ -291,7 +349,7 @@ class _Call:
             choices=[
                 CompletionChoice(
                     index=c.index,
-                    text=c.text,
+                    text=self._echo(c.index) + c.text,
                     logprobs=None if c.logprobs is None else self.formatter.completion(c.logprobs, 0),
                     finish_reason=c.finish_reason,
                     stop_reason=c.stop_reason,
@@ -301,96 +359,116 @@ class _Call:
             usage=usage(self.stream),
         )
 
+    def _choice_parser(self) -> ChoiceParser:
+        return ChoiceParser(self.tool_plan, self.state.chat.reasoning_parser)
+
     def chat_response(self, choices: list[CompletionOutput]) -> ChatCompletion:
-        return ChatCompletion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[
+        built = []
+        for c in choices:
+            parser = self._choice_parser()
+            parser.feed(c.text)
+            parser.finish()
+            built.append(
                 ChatChoice(
                     index=c.index,
-                    message=AssistantMessage(content=c.text),
+                    message=parser.message(),
                     logprobs=None
                     if c.logprobs is None
                     else self.formatter.chat(c.logprobs, self.num_top_logprobs),
-                    finish_reason=c.finish_reason,
+                    finish_reason=parser.finish_reason(c.finish_reason),
                     stop_reason=c.stop_reason,
                 )
-                for c in choices
-            ],
-            usage=usage(self.stream),
+            )
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model, choices=built, usage=usage(self.stream)
         )
 
     # --- streaming ---
     async def completion_events(self, include_usage: bool | None) -> AsyncIterator[bytes]:
-        def chunk(delta: SequenceDelta, text_offset: int, final_usage):
+        echoed: set[int] = set()
+
+        def chunk(delta: SequenceDelta, text_offset: int):
+            text = delta.text
+            if self.echoes and delta.index not in echoed:
+                echoed.add(delta.index)
+                text = self._echo(delta.index) + text
             logprobs = (
                 None if delta.logprobs is None else self.formatter.completion(delta.logprobs, text_offset)
             )
             choice = CompletionChoice(
                 index=delta.index,
-                text=delta.text,
+                text=text,
                 logprobs=logprobs,
                 finish_reason=delta.finish_reason,
                 stop_reason=delta.stop_reason,
             )
-            return CompletionChunk(
-                id=self.id, created=self.created, model=self.model, choices=[choice], usage=final_usage
-            )
+            return CompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
 
         async for event in self._events(include_usage, chunk, CompletionChunk):
             yield event
 
     async def chat_events(self, include_usage: bool | None) -> AsyncIterator[bytes]:
-        def chunk(delta: SequenceDelta, _text_offset: int, final_usage):
+        parsers = [self._choice_parser() for _ in range(self.stream.n)]
+
+        def chunk(delta: SequenceDelta, _text_offset: int):
+            parser = parsers[delta.index]
+            piece = parser.feed(delta.text)
+            if delta.finish_reason is not None:
+                last = parser.finish()
+                piece.content += last.content
+                piece.reasoning += last.reasoning
+                piece.calls += last.calls
+            if not piece and delta.finish_reason is None and delta.logprobs is None:
+                return None  # held back (a tag may be starting): nothing to send yet
             logprobs = (
                 None if delta.logprobs is None else self.formatter.chat(delta.logprobs, self.num_top_logprobs)
             )
             choice = ChatChunkChoice(
                 index=delta.index,
-                delta=DeltaMessage(content=delta.text),
+                delta=piece.as_delta(),
                 logprobs=logprobs,
-                finish_reason=delta.finish_reason,
+                finish_reason=parser.finish_reason(delta.finish_reason),
                 stop_reason=delta.stop_reason,
             )
-            return ChatCompletionChunk(
-                id=self.id, created=self.created, model=self.model, choices=[choice], usage=final_usage
-            )
+            return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
 
         for index in range(self.stream.n):
             first = ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))
             yield _event(
-                ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[first])
+                ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[first]),
+                include_usage,
             )
         async for event in self._events(include_usage, chunk, ChatCompletionChunk):
             yield event
 
     async def _events(self, include_usage: bool | None, chunk, chunk_type) -> AsyncIterator[bytes]:
-        """SSE events for every delta read. Usage: its own last chunk (no choices) when the client
-        asked with ``stream_options.include_usage``, else carried by the last choice chunk."""
+        """SSE events for every delta read. With ``stream_options.include_usage`` (as OpenAI defines
+        it) every chunk carries ``usage: null`` and a last chunk with no choices carries the usage;
+        without it no chunk has usage."""
         text_sent: dict[int, int] = {}  # characters sent per choice: the next delta's text offset
         try:
             async for deltas in self.stream:
-                last_read = self.stream.finished  # a read after the last delta drained everything
-                for position, delta in enumerate(deltas):
+                for delta in deltas:
                     offset = text_sent.get(delta.index, 0)
                     text_sent[delta.index] = offset + len(delta.text)
-                    last = last_read and position == len(deltas) - 1 and not include_usage
-                    yield _event(chunk(delta, offset, usage(self.stream) if last else None))
-                if last_read and include_usage:
-                    yield _event(
-                        chunk_type(
-                            id=self.id,
-                            created=self.created,
-                            model=self.model,
-                            choices=[],
-                            usage=usage(self.stream),
-                        )
+                    built = chunk(delta, offset)
+                    if built is not None:
+                        yield _event(built, include_usage)
+                if self.stream.finished and include_usage:
+                    final = chunk_type(
+                        id=self.id,
+                        created=self.created,
+                        model=self.model,
+                        choices=[],
+                        usage=usage(self.stream),
                     )
+                    yield _event(final, include_usage)
         except RequestFailed as error:
             yield b"data: " + dump_json(error_body(str(error), 500, code="engine_error")) + b"\n\n"
         yield DONE_EVENT  # the response's on_close aborts what is left (nothing, after a normal end)
 
 
-def _event(chunk) -> bytes:
-    return b"data: " + dump_json(chunk.model_dump(mode="json")) + b"\n\n"
+def _event(chunk, include_usage: bool | None) -> bytes:
+    """One SSE event; ``usage`` is in the body only when the client asked for usage."""
+    body = chunk.model_dump(mode="json", exclude=None if include_usage else {"usage"})
+    return b"data: " + dump_json(body) + b"\n\n"

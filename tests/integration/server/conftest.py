@@ -31,9 +31,13 @@ class RunningServer:
     """``create_app(config)`` served by uvicorn on 127.0.0.1:<free port> until ``stop()``."""
 
     def __init__(
-        self, config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None
+        self,
+        config: EngineConfig,
+        api_key: str | None = None,
+        limits: ServerLimits | None = None,
+        **app_options,
     ) -> None:
-        self.app = create_app(config, api_key=api_key, limits=limits)
+        self.app = create_app(config, api_key=api_key, limits=limits, **app_options)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))
@@ -99,9 +103,9 @@ def start_server() -> Iterator:
     started: list[RunningServer] = []
 
     def start(
-        config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None
+        config: EngineConfig, api_key: str | None = None, limits: ServerLimits | None = None, **app_options
     ) -> RunningServer:
-        started.append(RunningServer(config, api_key=api_key, limits=limits).start())
+        started.append(RunningServer(config, api_key=api_key, limits=limits, **app_options).start())
         return started[-1]
 
     yield start

@@ -29,7 +29,7 @@ BAD_REQUESTS = [
     ("/v1/completions", b'{"prompt": "hi", "seed": 1e400}', 400, ["seed"]),
     ("/v1/completions", b'{"prompt": "\\ud800 lone surrogate"}', 400, ["prompt"]),
     ("/v1/completions", b'{"prompt": "hi", "model": "gpt-4"}', 404, ["gpt-4"]),
-    ("/v1/completions", b'{"prompt": "hi", "echo": true}', 400, ["echo"]),
+    ("/v1/completions", b'{"prompt": "hi", "suffix": "!"}', 400, ["suffix"]),
     ("/v1/chat/completions", b'{"messages": []}', 400, ["messages"]),
     ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, ["role"]),
     ("/v1/chat/completions", b'{"messages": [{"role": "user"}]}', 400, ["content"]),

@@ -57,7 +57,10 @@ class StreamReader(threading.Thread):
 
     def __init__(self, url: str, max_tokens: int, n: int = 1) -> None:
         super().__init__(daemon=True)
-        self.body = {"prompt": "Blocks", "max_tokens": max_tokens, "n": n, "ignore_eos": True, "stream": True}
+        self.body = {
+            "prompt": "Blocks", "max_tokens": max_tokens, "n": n, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True},
+        }  # fmt: skip
         self.url = url
         self.first_token = threading.Event()
         self.events: list[str] = []

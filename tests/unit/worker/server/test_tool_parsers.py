@@ -1,0 +1,90 @@
+"""The hermes tool-call parser on recorded model text, whole and streamed split at every boundary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mili.worker.server.tool_parsers import HermesToolStream, merge_tool_deltas, parse_tool_calls
+
+WEATHER = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+)
+TWO_CALLS = (
+    "I will check both.\n"
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Tokyo \\"東京\\"", "days": [1, 2]}}\n'
+    "</tool_call>\n"
+    '<tool_call>\n{"name": "search", "arguments": {"query": "a } b { c", "nested": {"k": []}}}\n</tool_call>'
+)
+ARGUMENTS_FIRST = '<tool_call>{"arguments": {"x": 1}, "name": "f"}</tool_call>'
+STRING_ARGUMENTS = '<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>'
+NOT_A_CALL = "Use <tool_call>like this</tool_call> tags."
+PLAIN = "  The capital of France is Paris. <tool"
+UNTERMINATED = '<tool_call>\n{"name": "f", "arguments": {"a": "b"}}'
+
+
+def streamed(text: str, cut: int) -> tuple[str, list]:
+    """Feed ``text`` in pieces of ``cut`` characters, collecting content and call deltas."""
+    stream = HermesToolStream()
+    content, deltas = "", []
+    for start in range(0, len(text), cut):
+        delta = stream.feed(text[start : start + cut])
+        content += delta.content
+        deltas += delta.calls
+    last = stream.finish()
+    return content + last.content, deltas + last.calls
+
+
+def as_comparable(calls) -> list[tuple[str, object]]:
+    return [(call.name, json.loads(call.arguments)) for call in calls]
+
+
+@pytest.mark.parametrize(
+    "text", [WEATHER, TWO_CALLS, ARGUMENTS_FIRST, STRING_ARGUMENTS, NOT_A_CALL, PLAIN, UNTERMINATED]
+)
+def test_streaming_at_any_split_gives_the_whole_text_result(text):
+    whole_content, whole_calls = parse_tool_calls(text)
+    for cut in range(1, len(text) + 1):
+        content, deltas = streamed(text, cut)
+        assert (content or None) == whole_content, cut
+        assert as_comparable(merge_tool_deltas(deltas)) == as_comparable(whole_calls), cut
+    # and split at every single boundary (two pieces)
+    for boundary in range(len(text) + 1):
+        stream = HermesToolStream()
+        pieces = [stream.feed(text[:boundary]), stream.feed(text[boundary:]), stream.finish()]
+        assert ("".join(p.content for p in pieces) or None) == whole_content
+        calls = merge_tool_deltas([d for p in pieces for d in p.calls])
+        assert as_comparable(calls) == as_comparable(whole_calls)
+
+
+def test_calls_and_content_are_parsed():
+    content, calls = parse_tool_calls(TWO_CALLS)
+    assert content == "I will check both."
+    assert as_comparable(calls) == [
+        ("get_weather", {"city": 'Tokyo "東京"', "days": [1, 2]}),
+        ("search", {"query": "a } b { c", "nested": {"k": []}}),
+    ]
+    assert all(call.id.startswith("call_") for call in calls) and calls[0].id != calls[1].id
+
+
+def test_only_content_when_the_model_calls_nothing():
+    assert parse_tool_calls(PLAIN) == ("The capital of France is Paris. <tool", [])
+    assert parse_tool_calls(NOT_A_CALL) == (NOT_A_CALL, [])
+
+
+def test_odd_but_valid_calls_are_calls():
+    assert as_comparable(parse_tool_calls(ARGUMENTS_FIRST)[1]) == [("f", {"x": 1})]
+    assert as_comparable(parse_tool_calls(STRING_ARGUMENTS)[1]) == [("f", {"x": 1})]
+    assert as_comparable(parse_tool_calls(UNTERMINATED)[1]) == [("f", {"a": "b"})]
+
+
+def test_streaming_sends_the_header_first_then_argument_pieces():
+    stream = HermesToolStream()
+    deltas = [d for char in WEATHER for d in stream.feed(char).calls] + stream.finish().calls
+    first, rest = deltas[0], deltas[1:]
+    assert (first.index, first.name, first.arguments) == (0, "get_weather", "")
+    assert first.id.startswith("call_")
+    assert all(d.id is None and d.name is None and d.arguments for d in rest)
+    assert len(rest) > 10  # arguments arrive as they are generated, not at the end
+    assert json.loads("".join(d.arguments for d in rest)) == {"city": "Paris", "unit": "celsius"}
