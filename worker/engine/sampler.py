@@ -173,6 +173,8 @@ class Sampler:
     def __call__(
         self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[int]
     ) -> list[SampleResult]:
+        if not seqs:
+            return []  # a step of prefill chunks only: nothing to sample
         logits = logits.to(torch.float32, copy=True)  # the stages edit it in place
         params = torch.tensor(_row_parameters(seqs, self.vocab_size), dtype=torch.float32)
         params = params.to(self.device, non_blocking=True)
