@@ -4,7 +4,7 @@ A sequence with a grammar owns one ``GrammarState``: it accepts each sampled tok
 from the sequence's output tokens (what a sequence that lost its matcher, e.g. by preemption with
 recompute, needs). ``fill_batch_bitmask`` asks every constrained sequence of a batch for its allowed
 tokens in one multi-threaded xgrammar call; ``apply_bitmask`` masks the batch's logits in one tensor op
-on their device, and free sequences in the same batch are left alone.
+(xgrammar's kernel on CPU), and free sequences in the same batch are left alone.
 """
 
 from __future__ import annotations
@@ -68,7 +68,13 @@ class BatchBitmask:
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
-    """Set to -inf (in place) every logit of ``rows`` whose bit is 0; other rows are untouched."""
+    """Set to -inf (in place) every logit of ``rows`` whose bit is 0; other rows are untouched.
+
+    On CPU xgrammar's own kernel does it (about 10x faster than the tensor ops here, which are for
+    accelerators: one unpack and one masked fill on the logits' device, no kernel to build)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=rows)
+        return
     vocab = logits.shape[-1]
     words = bitmask[rows].to(logits.device, non_blocking=True)
     bits = (words.unsqueeze(-1) >> _BIT_SHIFTS.to(logits.device)) & 1

@@ -115,3 +115,15 @@ def test_length_bounded_strings_become_patterns_without_control_characters(compi
     state = GrammarState(compiler.compile(GrammarSpec.json_schema(schema, "x")))
     assert state.matcher.accept_string('{"s": "ab')
     assert not state.matcher.accept_string("\t")
+
+
+def test_the_cpu_kernel_and_the_tensor_ops_mask_alike(tokenizer, compiler):
+    vocab = tokenizer.vocab_size + PADDED
+    state = GrammarState(compiler.compile(GrammarSpec("regex", "[a-z]{2}[0-9]", "x")))
+    bitmask, rows = BatchBitmask(vocab).fill([None, state, None])
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0))
+    by_kernel, by_tensors = logits.clone(), logits.double()  # float64 takes the tensor path
+    apply_bitmask(by_kernel, bitmask, rows)
+    apply_bitmask(by_tensors, bitmask, rows)
+    assert torch.equal(torch.isinf(by_kernel), torch.isinf(by_tensors))
+    assert torch.isinf(by_kernel[1]).sum() > 0 and torch.isfinite(by_kernel[[0, 2]]).all()
