@@ -60,7 +60,9 @@ ODD_BUT_VALID = [
 @pytest.fixture(scope="module")
 def battery_server(start_server, tiny_config):
     limits = ServerLimits(max_queued_requests=QUEUE, max_request_bytes=BODY_LIMIT)
-    return start_server(tiny_config(max_model_len=MAX_MODEL_LEN), api_key=KEY, limits=limits)
+    # 16 places in the batch + 8 queued: the flood must overflow that, however slowly it is sent.
+    config = tiny_config(max_model_len=MAX_MODEL_LEN, max_num_seqs=16)
+    return start_server(config, api_key=KEY, limits=limits)
 
 
 def raise_open_file_limit(wanted: int) -> int:
