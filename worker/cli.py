@@ -47,6 +47,11 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
     engine.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto")
     engine.add_argument("--seed", type=int, default=0)
+    engine.add_argument(
+        "--kv-events-endpoint",
+        default=None,
+        help="publish KV-cache events (vLLM's format) on this ZMQ PUB address, e.g. tcp://*:5557",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +103,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         prefix_caching=args.prefix_caching,
         kernels=args.kernels,
         seed=args.seed,
+        kv_events_endpoint=args.kv_events_endpoint,
     )
 
 

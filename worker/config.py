@@ -29,6 +29,7 @@ class EngineConfig:
     prefix_caching: bool = True
     kernels: str = "auto"
     seed: int = 0
+    kv_events_endpoint: str | None = None  # ZMQ PUB address for KV-cache events (worker/kv_events.py)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_CHOICES:

@@ -12,6 +12,7 @@ from mili.worker.engine.model_runner import ModelRunner
 from mili.worker.engine.request import Request, RequestOutput
 from mili.worker.engine.scheduler import Scheduler
 from mili.worker.engine.sequence import Sequence
+from mili.worker.kv_events import KvEventPublisher
 from mili.worker.model_source import resolve_model_source
 from mili.worker.models.model_config import ModelConfig
 from mili.worker.sampling_params import SamplingParams
@@ -46,10 +47,22 @@ class LLMEngine:
         self.max_model_len = self._max_model_len()
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
+        self.kv_events = self._kv_event_publisher()
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(
             self.model_config.eos_token_ids
         )
         self.requests: dict[str, Request] = {}
+
+    def _kv_event_publisher(self) -> KvEventPublisher | None:
+        endpoint = self.config.kv_events_endpoint
+        if endpoint is None:
+            return None
+        if self.block_manager.prefix_cache is None:
+            raise ValueError("kv_events_endpoint needs prefix caching: without it no block is ever shared")
+        publisher = KvEventPublisher(endpoint, self.config.block_size)
+        self.block_manager.prefix_cache.observer = publisher
+        publisher.flush()  # AllBlocksCleared: a (re)started worker holds nothing
+        return publisher
 
     def _max_model_len(self) -> int:
         model_limit = self.model_config.max_position_embeddings
@@ -145,6 +158,8 @@ class LLMEngine:
                 metrics.num_cached_tokens = entry.seq.num_cached_tokens
         samples = self.runner.run(batch, self.eos_token_ids)
         self.scheduler.postprocess(batch)
+        if self.kv_events is not None:
+            self.kv_events.flush()
         sampled = [entry.seq for entry in batch.entries if entry.samples]
         touched: dict[str, Request] = {}
         for seq, sample in zip(sampled, samples, strict=True):
