@@ -5,12 +5,12 @@ from __future__ import annotations
 import msgpack
 import pytest
 import zmq
-from mili_testing import free_port, wait_until
 
 from mili.worker.engine.block_manager import BlockManager
 from mili.worker.engine.sequence import Sequence
 from mili.worker.kv_events import KvEventPublisher, all_blocks_cleared, block_hash
 from mili.worker.sampling_params import SamplingParams
+from mili_testing import free_port, wait_until
 
 BLOCK_SIZE = 4
 
@@ -61,7 +61,7 @@ def run_prompt(manager: BlockManager, seq_id: int, tokens: list[int]) -> Sequenc
 def test_stored_then_evicted_blocks_are_published_with_chained_hashes(wired) -> None:
     manager, publisher, subscriber = wired
     first = list(range(8))  # two full blocks
-    seq = run_prompt(manager, 0, first + [99])
+    seq = run_prompt(manager, 0, [*first, 99])
     publisher.flush()
     sequence, events = receive(subscriber)
     h0 = block_hash(None, first[:4])
@@ -74,7 +74,7 @@ def test_stored_then_evicted_blocks_are_published_with_chained_hashes(wired) -> 
     manager.free(seq)
 
     other = [50 + t for t in range(12)]  # needs 3 blocks of a 4-block pool: evicts the leaf, then its parent
-    run_prompt(manager, 1, other + [98])
+    run_prompt(manager, 1, [*other, 98])
     publisher.flush()
     next_sequence, events = receive(subscriber)
     assert next_sequence == sequence + 1
