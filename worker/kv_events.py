@@ -4,13 +4,16 @@ The engine's prefix tree reports each block it starts or stops sharing; this mod
 vLLM's ``KVEventBatch`` messages so a router that consumes vLLM's events (vllm-router's ``kv_aware``
 policy, ``--kv-event-source``) follows what this worker really holds.
 
-Wire format (vLLM ``vllm/distributed/kv_events.py``; msgspec structs with ``array_like=True, tag=True``):
-a ZMQ multipart message ``[topic, sequence number (8 bytes, big-endian), payload]`` whose payload is the
-msgpack array ``[ts, [event, ...], data_parallel_rank]``, each event a tagged array:
+Wire format (vLLM ``vllm/distributed/kv_events.py``): a ZMQ multipart message
+``[topic, sequence number (8 bytes, big-endian), payload]`` whose payload is the msgpack array
+``[ts, [event, ...], data_parallel_rank]``, each event a map tagged by ``type``:
 
-- ``["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium]``
-- ``["BlockRemoved", block_hashes, medium]``
-- ``["AllBlocksCleared"]``
+- ``{"type": "BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium,
+  lora_name}``
+- ``{"type": "BlockRemoved", "block_hashes", "medium"}``
+- ``{"type": "AllBlocksCleared"}``
+
+(vllm-router 0.1.17's decoder accepts only the map form of events: "KV event must be a tagged map".)
 
 Block hashes are unsigned 64-bit integers chained over the prefix (vLLM's integer form of its block
 hash: the low 8 bytes of a SHA-256 over the parent's hash and the block's token ids). A subscriber must
@@ -41,19 +44,28 @@ def block_hash(parent_hash: int | None, tokens: Sequence[int]) -> int:
     return int.from_bytes(digest.digest()[-8:], "big")
 
 
-def block_stored(hashes: list[int], parent_hash: int | None, token_ids: list[int], block_size: int) -> list:
-    return ["BlockStored", hashes, parent_hash, token_ids, block_size, None, MEDIUM]
+def block_stored(hashes: list[int], parent_hash: int | None, token_ids: list[int], block_size: int) -> dict:
+    return {
+        "type": "BlockStored",
+        "block_hashes": hashes,
+        "parent_block_hash": parent_hash,
+        "token_ids": token_ids,
+        "block_size": block_size,
+        "lora_id": None,
+        "medium": MEDIUM,
+        "lora_name": None,
+    }
 
 
-def block_removed(hashes: list[int]) -> list:
-    return ["BlockRemoved", hashes, MEDIUM]
+def block_removed(hashes: list[int]) -> dict:
+    return {"type": "BlockRemoved", "block_hashes": hashes, "medium": MEDIUM}
 
 
-def all_blocks_cleared() -> list:
-    return ["AllBlocksCleared"]
+def all_blocks_cleared() -> dict:
+    return {"type": "AllBlocksCleared"}
 
 
-def encode_batch(events: list[list[Any]], ts: float, data_parallel_rank: int | None = None) -> bytes:
+def encode_batch(events: list[dict[str, Any]], ts: float, data_parallel_rank: int | None = None) -> bytes:
     """One ``KVEventBatch`` payload."""
     return msgpack.packb([ts, events, data_parallel_rank], use_bin_type=True)
 
@@ -72,7 +84,7 @@ class KvEventPublisher:
         self._socket.bind(endpoint)
         self._sequence = 0
         self._hash_of_block: dict[int, int] = {}
-        self._pending: list[list[Any]] = [all_blocks_cleared()]  # a (re)started worker holds nothing
+        self._pending: list[dict[str, Any]] = [all_blocks_cleared()]  # a (re)started worker holds nothing
 
     # --- RadixCache observer --------------------------------------------------------------------
     def stored(self, node: RadixNode) -> None:

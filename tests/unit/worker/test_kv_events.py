@@ -66,9 +66,16 @@ def test_stored_then_evicted_blocks_are_published_with_chained_hashes(wired) -> 
     sequence, events = receive(subscriber)
     h0 = block_hash(None, first[:4])
     h1 = block_hash(h0, first[4:])
+    common = {
+        "type": "BlockStored",
+        "block_size": BLOCK_SIZE,
+        "lora_id": None,
+        "lora_name": None,
+        "medium": "GPU",
+    }
     assert events == [
-        ["BlockStored", [h0], None, first[:4], BLOCK_SIZE, None, "GPU"],
-        ["BlockStored", [h1], h0, first[4:], BLOCK_SIZE, None, "GPU"],
+        {**common, "block_hashes": [h0], "parent_block_hash": None, "token_ids": first[:4]},
+        {**common, "block_hashes": [h1], "parent_block_hash": h0, "token_ids": first[4:]},
     ]
     assert all(0 <= h < 2**64 for h in (h0, h1))
     manager.free(seq)
@@ -78,10 +85,13 @@ def test_stored_then_evicted_blocks_are_published_with_chained_hashes(wired) -> 
     publisher.flush()
     next_sequence, events = receive(subscriber)
     assert next_sequence == sequence + 1
-    removed = [e for e in events if e[0] == "BlockRemoved"]
-    assert removed == [["BlockRemoved", [h1], "GPU"], ["BlockRemoved", [h0], "GPU"]]
-    stored = [e for e in events if e[0] == "BlockStored"]
-    assert [e[3] for e in stored] == [other[:4], other[4:8], other[8:]]
+    removed = [e for e in events if e["type"] == "BlockRemoved"]
+    assert removed == [
+        {"type": "BlockRemoved", "block_hashes": [h1], "medium": "GPU"},
+        {"type": "BlockRemoved", "block_hashes": [h0], "medium": "GPU"},
+    ]
+    stored = [e for e in events if e["type"] == "BlockStored"]
+    assert [e["token_ids"] for e in stored] == [other[:4], other[4:8], other[8:]]
 
 
 def test_a_step_that_changes_nothing_sends_nothing(wired) -> None:
