@@ -315,6 +315,14 @@ SETTINGS: tuple[Setting, ...] = (
         flag="--enforce-eager",
         crd="engine.enforceEager",
     ),
+    Setting(
+        "kv_events_endpoint",
+        str,
+        None,
+        "publish KV-cache events (vLLM's wire format, ZMQ PUB) on this address, e.g. tcp://*:5557",
+        flag="--kv-events-endpoint",
+        optional=True,
+    ),
     Setting("cpu_kv_cache_bytes", int, 512 * 2**20, "KV pool size on CPU, in bytes", minimum=1),
     Setting("seed", int, 0, "random seed of sampling", flag="--seed", minimum=0),
 )

@@ -33,6 +33,7 @@ class EngineConfig:
     kernels: str = default("kernels")
     enforce_eager: bool = default("enforce_eager")  # True: no CUDA graphs (decode runs eagerly)
     seed: int = default("seed")
+    kv_events_endpoint: str | None = default("kv_events_endpoint")  # ZMQ PUB address (worker/kv_events.py)
 
     def __post_init__(self) -> None:
         settings.check_all(self, settings.engine_config_settings())

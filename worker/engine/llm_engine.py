@@ -13,6 +13,7 @@ from mili.worker.engine.outputs import RequestDelta
 from mili.worker.engine.request import Request
 from mili.worker.engine.scheduler import Scheduler
 from mili.worker.engine.sequence import Sequence
+from mili.worker.kv_events import KvEventPublisher
 from mili.worker.model_source import resolve_model_source
 from mili.worker.models.model_config import ModelConfig
 from mili.worker.sampling_params import SamplingParams
@@ -62,6 +63,7 @@ class LLMEngine:
         self.max_model_len = self._max_model_len()
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
+        self.kv_events = self._kv_event_publisher()
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(
             self.model_config.eos_token_ids
         )
@@ -69,6 +71,17 @@ class LLMEngine:
         self.structured = StructuredAdmission(
             self.tokenizer, self.model_config.vocab_size, self.eos_token_ids
         )
+
+    def _kv_event_publisher(self) -> KvEventPublisher | None:
+        endpoint = self.config.kv_events_endpoint
+        if endpoint is None:
+            return None
+        if self.block_manager.prefix_cache is None:
+            raise ValueError("kv_events_endpoint needs prefix caching: without it no block is ever shared")
+        publisher = KvEventPublisher(endpoint, self.config.block_size)
+        self.block_manager.prefix_cache.observer = publisher
+        publisher.flush()  # AllBlocksCleared: a (re)started worker holds nothing
+        return publisher
 
     def _max_model_len(self) -> int:
         model_limit = self.model_config.max_position_embeddings
@@ -196,6 +209,8 @@ class LLMEngine:
             message = f"the engine failed while running this request: {type(error).__name__}: {error}"
             deltas = [self._fail(request, message) for request in failed.values()]
             raise StepFailed(message, compiled + deltas) from error
+        if self.kv_events is not None:
+            self.kv_events.flush()
         sampled = [entry.seq for entry in batch.entries if entry.samples]
         moved: dict[str, Request] = {}
         for seq, sample in zip(sampled, samples, strict=True):

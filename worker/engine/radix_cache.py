@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(eq=False)
@@ -27,6 +28,14 @@ class RadixNode:
         return self.parent is None
 
 
+class CacheObserver(Protocol):
+    """Told of every block the tree starts or stops sharing (the KV-event publisher)."""
+
+    def stored(self, node: RadixNode) -> None: ...
+
+    def removed(self, node: RadixNode) -> None: ...
+
+
 class RadixCache:
     """The tree, its LRU eviction order and its block → node index."""
 
@@ -38,6 +47,7 @@ class RadixCache:
         self._node_of_block: dict[int, RadixNode] = {}
         self._eviction_heap: list[tuple[int, int, RadixNode]] = []  # (last_access, tiebreak, node)
         self._tiebreak = itertools.count()
+        self.observer: CacheObserver | None = None
 
     def __len__(self) -> int:
         return len(self._node_of_block)
@@ -68,6 +78,8 @@ class RadixCache:
         node = RadixNode(block_id, tokens, parent, last_access=next(self._clock))
         parent.children[tokens] = node
         self._node_of_block[block_id] = node
+        if self.observer is not None:
+            self.observer.stored(node)
         return node
 
     def on_unreferenced(self, block_id: int) -> None:
@@ -87,6 +99,8 @@ class RadixCache:
             assert parent is not None
             del parent.children[node.tokens]
             del self._node_of_block[node.block_id]
+            if self.observer is not None:
+                self.observer.removed(node)
             if not parent.is_root and not parent.children and self._ref_counts[parent.block_id] == 0:
                 self._push(parent)
             return node.block_id
