@@ -17,7 +17,7 @@ class EngineConfig:
 
     model: str = DEFAULT_MODEL
     served_name: str | None = None
-    dtype: str = "auto"  # auto = checkpoint dtype on GPU, float32 on CPU
+    dtype: str = "auto"  # auto = checkpoint dtype on GPU; on CPU bfloat16 with AMX/AVX512-BF16, else float32
     device: str = "auto"
     max_model_len: int | None = None  # None = the model's limit, capped by what the KV pool holds
     block_size: int = 16

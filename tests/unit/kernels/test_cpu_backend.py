@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from mili.kernels import TorchBackend, select_backend
-from mili.kernels.cpu_build import CpuKernelBuildError, build
-from mili_testing import CI_STRICT
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Both sides compute in float32 and round once; they differ only in summation order.
@@ -15,13 +13,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 
 @pytest.fixture(scope="module")
-def cpu():
-    try:
-        build()
-    except CpuKernelBuildError as exc:
-        if CI_STRICT:
-            pytest.fail(f"{exc} (MILI_CI_STRICT=1: .ci/run should have built them)")
-        pytest.skip(str(exc))
+def cpu(cpu_kernels_built):
     return select_backend("cpu", torch.device("cpu"))
 
 
