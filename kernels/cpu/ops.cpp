@@ -19,6 +19,12 @@
 
 namespace {
 
+// Elementwise work below this many elements runs on the calling thread: waking the pool costs more
+// than the work (and, on a busy machine, a scheduler time slice per parallel region).
+constexpr int64_t kSerialElements = 1 << 16;
+
+inline int64_t grain_rows(int64_t row_elements) { return std::max<int64_t>(1, kSerialElements / row_elements); }
+
 template <typename T>
 inline void load_row(const T* src, float* dst, int64_t n) {
 #pragma omp simd
@@ -169,7 +175,7 @@ void silu_and_mul_impl(const at::Tensor& x, at::Tensor& out) {
   const int64_t num_tokens = x.size(0), inner = x.size(1) / 2;
   const T* src = x.data_ptr<T>();
   T* dst = out.data_ptr<T>();
-  at::parallel_for(0, num_tokens, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_tokens, grain_rows(2 * inner), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const T* gate = src + t * 2 * inner;
       const T* up = gate + inner;
@@ -204,7 +210,7 @@ void rms_norm_impl(const at::Tensor& x, const at::Tensor& weight, double eps, co
   const T* res = residual ? residual->data_ptr<T>() : nullptr;
   T* dst = out.data_ptr<T>();
   T* res_out = new_residual ? new_residual->data_ptr<T>() : nullptr;
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, grain_rows(hidden), [&](int64_t begin, int64_t end) {
     std::vector<float> sum(hidden);
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = src + r * hidden;
@@ -264,7 +270,7 @@ void rotate_impl(const int64_t* positions, at::Tensor& x, const float* cos_sin, 
   const int64_t num_tokens = x.size(0), heads = x.size(1), head_dim = x.size(2), half = rot_dim / 2;
   const int64_t token_stride = x.stride(0), head_stride = x.stride(1);
   T* ptr = x.data_ptr<T>();
-  at::parallel_for(0, num_tokens, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_tokens, grain_rows(heads * head_dim), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* cos = cos_sin + positions[t] * rot_dim;
       const float* sin = cos + half;
