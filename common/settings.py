@@ -25,7 +25,7 @@ from mili.common.model_source import DEFAULT_MODEL
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-KERNEL_CHOICES = ("auto", "cuda", "torch")  # mili.kernels.KERNEL_CHOICES must match (a test checks)
+KERNEL_CHOICES = ("auto", "cuda", "cpu", "torch")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 
 ENGINE_GROUP = "engine"  # flags `_engine_arguments` declares from this table

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
+from mili.common.settings import KERNEL_CHOICES
 from mili.kernels.backend import KernelBackend
 from mili.kernels.self_check import KernelShapes, SelfCheckFailed, run_self_check
 from mili.kernels.torch_ops import TorchBackend
 
 logger = logging.getLogger(__name__)
 
-KERNEL_CHOICES = ("auto", "cuda", "torch")
 
 # Reasons (a label value each, so a small fixed set).
 REQUESTED = "requested"
@@ -28,6 +28,8 @@ NOT_CUDA_DEVICE = "not_cuda_device"
 CUDA_UNAVAILABLE = "cuda_unavailable"
 SELF_CHECK_PASSED = "self_check_passed"
 SELF_CHECK_FAILED = "self_check_failed"
+CPU_KERNELS = "cpu_kernels"  # our C++ kernels on the CPU (tested against the torch ops in CI)
+CPU_UNAVAILABLE = "cpu_unavailable"
 UNCHECKED = "unchecked"  # loaded without model shapes to check against (tools, benchmarks)
 
 
@@ -40,15 +42,22 @@ class BackendChoice:
 
 
 def choose_backend(choice: str, device: torch.device, shapes: KernelShapes | None = None) -> BackendChoice:
-    """The backend for ``choice`` (auto|cuda|torch) on ``device``, self-checked in ``shapes`` if given.
+    """The backend for ``choice`` (auto|cuda|cpu|torch) on ``device``, self-checked in ``shapes`` if given.
 
-    ``cuda`` fails loudly when it cannot load or fails its self-check; ``auto`` falls back to torch
-    with one log line saying why.
+    ``auto`` takes the device's own kernels (``cuda`` on a CUDA device, ``cpu`` on the CPU). ``cuda`` and
+    ``cpu`` fail loudly when they cannot load (``cuda`` also when it fails its self-check); ``auto`` falls
+    back to torch with one log line saying why.
     """
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {choice!r}")
     if choice == "torch":
         return BackendChoice(TorchBackend(), REQUESTED)
+    if choice == "cpu" and device.type != "cpu":
+        raise RuntimeError(f"kernels='cpu' needs the engine on the CPU, but it runs on {device}")
+    if device.type == "cpu":
+        if choice == "cuda":
+            raise RuntimeError(f"kernels='cuda' needs a CUDA device, but the engine runs on {device}")
+        return _cpu_backend(choice)
     if device.type != "cuda":
         if choice == "cuda":
             raise RuntimeError(f"kernels='cuda' needs a CUDA device, but the engine runs on {device}")
@@ -101,3 +110,15 @@ def _load_cuda_backend(device: torch.device) -> KernelBackend:
     from mili.kernels.cuda_backend import CudaBackend
 
     return CudaBackend(device)
+
+
+def _cpu_backend(choice: str) -> BackendChoice:
+    try:
+        from mili.kernels.cpu_backend import CpuBackend
+
+        return BackendChoice(CpuBackend(), CPU_KERNELS)
+    except Exception as exc:  # not built, no compiler, torch changed: auto degrades, cpu explains.
+        if choice == "cpu":
+            raise RuntimeError(f"kernels='cpu' could not load the CPU kernels: {exc}") from exc
+        logger.warning("kernels: using torch, the CPU kernels could not load: %s", exc)
+        return BackendChoice(TorchBackend(), CPU_UNAVAILABLE)

@@ -21,3 +21,17 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir(tiny_model_dirs: dict[str, Path]) -> Path:
     return tiny_model_dirs["Qwen3ForCausalLM"]
+
+
+@pytest.fixture(scope="session")
+def cpu_kernels_built() -> Path:
+    """The C++ CPU kernels' library, built once into the cache (`make venv` builds it already)."""
+    from mili.kernels.cpu_build import CpuKernelBuildError, build
+    from mili_testing import CI_STRICT
+
+    try:
+        return build()
+    except CpuKernelBuildError as exc:
+        if CI_STRICT:
+            pytest.fail(f"{exc} (MILI_CI_STRICT=1: make venv should have built them)")
+        pytest.skip(str(exc))

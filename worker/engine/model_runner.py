@@ -13,6 +13,7 @@ from mili.kernels import KernelShapes, choose_backend
 from mili.kernels.self_check import SelfCheckFailed
 from mili.worker.config import EngineConfig
 from mili.worker.engine.context import AttentionContext, set_context
+from mili.worker.engine.cpu_info import has_native_bf16, physical_cores
 from mili.worker.engine.cuda_graphs import (
     DecodeGraphs,
     capture_sizes,
@@ -37,9 +38,10 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str, model_config: ModelConfig, device: torch.device) -> torch.dtype:
     if name == "auto":
-        # CPU matmuls in half precision are slow and inexact here; GPUs run the checkpoint's dtype.
+        # A CPU with AMX or AVX512-BF16 runs bf16 matmuls natively, about twice as fast as float32;
+        # elsewhere torch emulates bf16 and float32 is faster. GPUs run the checkpoint's half dtype.
         if device.type == "cpu":
-            return torch.float32
+            return torch.bfloat16 if has_native_bf16() else torch.float32
         return model_config.torch_dtype if model_config.torch_dtype != torch.float32 else torch.bfloat16
     return getattr(torch, name)
 
@@ -65,6 +67,9 @@ class ModelRunner:
         self.model_config = model_config
         self.block_size = config.block_size
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            # One thread per physical core: SMT siblings share the vector units matmuls saturate.
+            torch.set_num_threads(physical_cores())
         self.dtype = resolve_dtype(config.dtype, model_config, self.device)
         self.kernel_choice = choose_backend(
             config.kernels, self.device, kernel_shapes(model_config, config, self.dtype)

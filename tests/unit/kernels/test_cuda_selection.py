@@ -27,7 +27,7 @@ def test_import_and_auto_on_cpu_never_import_pycuda() -> None:
         import mili.kernels
         from mili.kernels import select_backend
         backend = select_backend("auto", torch.device("cpu"))
-        assert backend.name == "torch", backend
+        assert backend.name in ("cpu", "torch"), backend
         leaked = sorted(m for m in sys.modules if m == "pycuda" or m.startswith("pycuda."))
         assert not leaked, leaked
         print("ok")

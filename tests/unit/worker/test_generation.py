@@ -1,5 +1,6 @@
-"""Greedy generation equals transformers' `generate`, token for token, for a batch of prompts of
-different lengths, including with chunked prefill and with a KV pool so small that preemption happens."""
+"""Greedy generation equals transformers' `generate` (float32), token for token, for a batch of prompts
+of different lengths, including with chunked prefill and with a KV pool so small that preemption happens,
+on the torch ops and on our C++ CPU kernels."""
 
 from __future__ import annotations
 
@@ -48,8 +49,11 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
         pytest.param({"num_kv_blocks": 40, "block_size": 8, "max_num_seqs": 3}, id="few-seqs"),
     ],
 )
-def test_greedy_batch_equals_transformers(tiny_qwen3_dir, prompts, expected, engine_args):
-    llm = LLM(model=str(tiny_qwen3_dir), kernels="torch", **engine_args)
+@pytest.mark.parametrize("kernels", ["torch", "cpu"])
+def test_greedy_batch_equals_transformers(tiny_qwen3_dir, prompts, expected, engine_args, kernels, request):
+    if kernels == "cpu":
+        request.getfixturevalue("cpu_kernels_built")
+    llm = LLM(model=str(tiny_qwen3_dir), kernels=kernels, dtype="float32", **engine_args)
     outputs = llm.generate(prompts, GREEDY)
     for prompt_index, (output, reference) in enumerate(zip(outputs, expected, strict=True)):
         completion = output.outputs[0]
@@ -64,7 +68,7 @@ def test_greedy_batch_equals_transformers(tiny_qwen3_dir, prompts, expected, eng
 
 
 def test_a_request_that_can_never_fit_is_refused(tiny_qwen3_dir):
-    llm = LLM(model=str(tiny_qwen3_dir), kernels="torch", num_kv_blocks=4, block_size=16)
+    llm = LLM(model=str(tiny_qwen3_dir), kernels="torch", dtype="float32", num_kv_blocks=4, block_size=16)
     assert llm.engine.max_model_len == 64
     with pytest.raises(ValueError, match="context limit of 64"):
         llm.generate([[5] * 40], SamplingParams(max_tokens=30))

@@ -1,0 +1,36 @@
+"""CPU features: bf16 is the CPU default only where the CPU multiplies bf16 natively."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from mili.worker.engine import cpu_info, model_runner
+from mili.worker.engine.cpu_info import cpu_flags, physical_cores
+
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+
+
+def test_flags_are_read_from_the_first_processor():
+    assert {"amx_bf16", "avx512_bf16"} <= cpu_flags(SAPPHIRE_RAPIDS)
+    assert "avx2" in cpu_flags(ZEN3) and not cpu_flags(ZEN3) & cpu_info.BF16_FLAGS
+    assert cpu_flags("") == frozenset()
+
+
+def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch, tiny_qwen3_dir):
+    from mili.worker.models.model_config import ModelConfig
+
+    config = ModelConfig.from_dir(tiny_qwen3_dir)
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(model_runner, "has_native_bf16", lambda native=native: native)
+        assert model_runner.resolve_dtype("auto", config, cpu) == expected
+    assert model_runner.resolve_dtype("float16", config, cpu) == torch.float16
+
+
+def test_physical_cores_counts_each_core_once():
+    visible = physical_cores()
+    assert 1 <= visible <= len(os.sched_getaffinity(0))
+    assert physical_cores({0}) == 1
