@@ -92,7 +92,7 @@ BAD_SPECS = [
     (
         {"engine": {"kernels": "triton"}},
         "spec.engine.kernels",
-        "must be one of auto, cuda, torch, got 'triton'",
+        "must be one of auto, cuda, cpu, torch, got 'triton'",
     ),
     ({"engine": {"blockSize": "16"}}, "spec.engine.blockSize", "must be an integer"),
     ({"engine": {"blockSize": 4096}}, "spec.engine.blockSize", "must be one of 8, 16, 32, 64, 128"),
