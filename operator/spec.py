@@ -65,6 +65,15 @@ class EngineSpec:
 
 
 @dataclass(frozen=True)
+class RouterSpec:
+    """``spec.router``: one field per setting of ``mili.common.settings`` in that section."""
+
+    enabled: bool = default("router_enabled")
+    replicas: int = default("router_replicas")
+    policy: str = default("router_policy")
+
+
+@dataclass(frozen=True)
 class ResourcesSpec:
     gpus: int = 1
     cpu: str | None = None
@@ -118,6 +127,7 @@ class MiliDeploymentSpec:
     autoscaling: AutoscalingSpec = field(default_factory=AutoscalingSpec)
     service: ServiceSpec = field(default_factory=ServiceSpec)
     api_key_secret_ref: SecretKeyRef | None = None
+    router: RouterSpec = field(default_factory=RouterSpec)
 
 
 class _Fields:
@@ -266,6 +276,7 @@ def parse_spec(name: str, spec: Mapping[str, Any] | None) -> MiliDeploymentSpec:
             port=service.integer("port", 8000, 1, 65535),
         ),
         api_key_secret_ref=_parse_secret_ref(root),
+        router=RouterSpec(**root.section("router").settings("router")),
     )
 
 
