@@ -144,4 +144,3 @@ def test_the_network_policy_admits_the_rendered_router_pods():
 def test_without_the_router_the_service_selects_the_workers():
     service = render_service(parse_spec("chat", {"router": {"enabled": False}}), "ns")
     assert service["spec"]["selector"] == selector_labels("chat")
-
