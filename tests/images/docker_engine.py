@@ -156,7 +156,7 @@ def make_build_context(repo: Path, target: Path, wheel_dir: Path | None, python_
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
     for name in ("pyproject.toml", "README.md", "Dockerfile.worker", "Dockerfile.operator", ".dockerignore"):
         shutil.copy2(repo / name, target / name)
-    for name in ("worker", "kernels", "operator"):
+    for name in ("worker", "kernels", "operator", "common"):
         shutil.copytree(repo / name, target / name, ignore=ignore)
     if wheel_dir is not None:
         wheels = sorted(wheel_dir.glob(f"torch-*+cpu-{python_tag}-{python_tag}-*.whl"))
