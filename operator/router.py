@@ -25,10 +25,7 @@ ROUTER_METRICS_PORT = 29000
 ROUTER_UID = 1000
 CONTAINER_NAME = "router"
 API_KEY_ENV = "MILI_API_KEY"
-# The router waits this long for a worker before it answers a request with an error: the cold start
-# of a MiliDeployment at zero replicas (docs/routing.md "Scale from zero") may use it.
-QUEUE_SIZE = 256
-QUEUE_TIMEOUT_SECONDS = 300
+QUEUE_SIZE = 256  # requests the router holds while its concurrency limit is reached
 
 
 def router_name(name: str) -> str:
@@ -60,7 +57,8 @@ def router_args(spec: MiliDeploymentSpec, namespace: str) -> list[str]:
         "--prometheus-host", "0.0.0.0",
         "--prometheus-port", str(ROUTER_METRICS_PORT),
         "--queue-size", str(QUEUE_SIZE),
-        "--queue-timeout-secs", str(QUEUE_TIMEOUT_SECONDS),
+        # A held request may wait as long as a cold start from zero replicas may take.
+        "--queue-timeout-secs", str(spec.autoscaling.cold_start_timeout_seconds),
     ]  # fmt: skip
     if spec.api_key_secret_ref is not None:
         args += ["--api-key", f"$({API_KEY_ENV})"]  # the kubelet expands $(VAR) from the container's env

@@ -92,6 +92,7 @@ class AutoscalingSpec:
     scale_up_stabilization_seconds: int = 0
     scale_down_stabilization_seconds: int = 300
     prometheus_url: str | None = None
+    cold_start_timeout_seconds: int = 300  # how long a request at zero replicas may wait for a worker
 
     def clamp(self, replicas: int) -> int:
         """``replicas`` within [minReplicas, maxReplicas]."""
@@ -312,6 +313,7 @@ def _parse_autoscaling(autoscaling: _Fields) -> AutoscalingSpec:
         scale_up_stabilization_seconds=autoscaling.integer("scaleUpStabilizationSeconds", 0, 0, 86400),
         scale_down_stabilization_seconds=autoscaling.integer("scaleDownStabilizationSeconds", 300, 0, 86400),
         prometheus_url=autoscaling.string("prometheusUrl"),
+        cold_start_timeout_seconds=autoscaling.integer("coldStartTimeoutSeconds", 300, 1, 3600),
     )
     if parsed.prometheus_url is not None and not parsed.prometheus_url.startswith(("http://", "https://")):
         raise SpecError(

@@ -144,3 +144,12 @@ def test_the_network_policy_admits_the_rendered_router_pods():
 def test_without_the_router_the_service_selects_the_workers():
     service = render_service(parse_spec("chat", {"router": {"enabled": False}}), "ns")
     assert service["spec"]["selector"] == selector_labels("chat")
+
+
+def test_a_held_request_may_wait_as_long_as_a_cold_start():
+    spec = parse_spec("chat", {"autoscaling": {"minReplicas": 0, "coldStartTimeoutSeconds": 120}})
+    assert flag_values(router_args(spec, "ns"), "--queue-timeout-secs") == ["120"]
+    assert flag_values(router_args(parse_spec("chat", {}), "ns"), "--queue-timeout-secs") == ["300"]
+    with pytest.raises(SpecError) as caught:
+        parse_spec("chat", {"autoscaling": {"coldStartTimeoutSeconds": 0}})
+    assert caught.value.field == "spec.autoscaling.coldStartTimeoutSeconds"
