@@ -13,6 +13,9 @@ from integration.operator.conftest import Api, OperatorProcess, wait_for
 OPERATOR_ENVIRONMENT = {"MILI_AUTOSCALING_WINDOW": "4s", "MILI_PROMETHEUS_TIMEOUT": "2"}
 
 
+DEAD_PROMETHEUS_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
 @pytest.fixture(scope="module")
 def operator(cluster, prometheus, tmp_path_factory) -> Iterator[OperatorProcess]:
     """The operator, with short query windows, its own metrics scraped by the shared Prometheus."""
@@ -21,7 +24,8 @@ def operator(cluster, prometheus, tmp_path_factory) -> Iterator[OperatorProcess]
     with pytest.MonkeyPatch.context() as patch:
         for name, value in OPERATOR_ENVIRONMENT.items():
             patch.setenv(name, value)
-        patch.setenv("MILI_PROMETHEUS_URL", prometheus.url)  # the allow-list the specs' prometheusUrl is in
+        # The allow-list the specs' prometheusUrl must be in: the real Prometheus and a dead address.
+        patch.setenv("MILI_PROMETHEUS_URL", f"{prometheus.url},{DEAD_PROMETHEUS_URL}")
         process.start()
     address = f"127.0.0.1:{process.metrics_port}"
     prometheus.set_targets(
@@ -108,7 +112,7 @@ def test_load_scales_the_deployment_up_and_idle_brings_it_back_down(api, operato
 
 
 def test_an_unreachable_prometheus_holds_replicas_and_says_why(api, operator):
-    dead_url = f"http://127.0.0.1:{free_port()}"
+    dead_url = DEAD_PROMETHEUS_URL
     api.create_milideployment("offline", autoscaling_spec(dead_url, minReplicas=2))
     condition = wait_for(
         lambda: scaling_active(api, "offline").get("status") == "False" and scaling_active(api, "offline"),

@@ -210,9 +210,10 @@ def wait_for(condition: Callable[[], T], what: str, timeout: float = DEADLINE_SE
 class OperatorProcess:
     """`mili-operator` as a subprocess; its log is kept for assertions."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.extra_args = extra_args
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -231,6 +232,7 @@ class OperatorProcess:
             "--metrics-port",
             str(self.metrics_port),
             "--verbose",
+            *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -245,6 +247,13 @@ class OperatorProcess:
 
     def stop(self) -> None:
         stop_process(self.process)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye, whatever it was doing."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
         self.process = None
 
     def metrics(self) -> str:
