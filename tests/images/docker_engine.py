@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import tomllib
+
 from mili_testing import stop_process
 
 DEBIAN_SUITE = "bookworm"
@@ -150,13 +152,19 @@ def _debootstrap(debootstrap: str, tarball: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def package_folders(repo: Path) -> list[str]:
+    """The folders pyproject.toml maps packages onto (worker, kernels, operator, common, ...)."""
+    config = tomllib.loads((repo / "pyproject.toml").read_text())
+    return sorted(set(config["tool"]["setuptools"]["package-dir"].values()))
+
+
 def make_build_context(repo: Path, target: Path, wheel_dir: Path | None, python_tag: str) -> Path:
     """A build context with the repository's image inputs and, when given, the CPU torch wheel for
     ``python_tag`` (e.g. cp311) in wheels/ (Dockerfile.worker installs torch from there)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
     for name in ("pyproject.toml", "README.md", "Dockerfile.worker", "Dockerfile.operator", ".dockerignore"):
         shutil.copy2(repo / name, target / name)
-    for name in ("worker", "kernels", "operator", "common"):
+    for name in package_folders(repo):
         shutil.copytree(repo / name, target / name, ignore=ignore)
     if wheel_dir is not None:
         wheels = sorted(wheel_dir.glob(f"torch-*+cpu-{python_tag}-{python_tag}-*.whl"))
