@@ -27,6 +27,8 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 KERNEL_CHOICES = ("auto", "cuda", "cpu", "torch")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
+# vllm-router's policies MILI serves; kv_aware waits for workers that publish KV events (docs/routing.md).
+ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")
 
 ENGINE_GROUP = "engine"  # flags `_engine_arguments` declares from this table
 SERVER_GROUP = "server"  # flags the server argument group of `mili serve` declares itself
@@ -325,6 +327,34 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("cpu_kv_cache_bytes", int, 512 * 2**20, "KV pool size on CPU, in bytes", minimum=1),
     Setting("seed", int, 0, "random seed of sampling", flag="--seed", minimum=0),
+    # spec.router: the vllm-router Deployment in front of the workers (mili.operator.router).
+    Setting(
+        "router_enabled",
+        bool,
+        True,
+        "run a cache-aware router in front of the workers (false: the Service selects the workers)",
+        crd="router.enabled",
+        in_engine_config=False,
+    ),
+    Setting(
+        "router_replicas",
+        int,
+        1,
+        "router pods (each keeps its own view of the workers' caches)",
+        crd="router.replicas",
+        minimum=1,
+        maximum=16,
+        in_engine_config=False,
+    ),
+    Setting(
+        "router_policy",
+        str,
+        "cache_aware",
+        "how the router picks a worker (vllm-router's --policy)",
+        crd="router.policy",
+        choices=ROUTER_POLICIES,
+        in_engine_config=False,
+    ),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -336,12 +366,17 @@ def default(name: str) -> Any:
 
 
 def in_section(section: str) -> tuple[Setting, ...]:
-    """The settings under ``spec.SECTION`` of a MiliDeployment (``model`` or ``engine``)."""
+    """The settings under ``spec.SECTION`` of a MiliDeployment (``model``, ``engine`` or ``router``)."""
     return tuple(s for s in SETTINGS if s.crd_section == section)
 
 
 def crd_settings() -> tuple[Setting, ...]:
     return tuple(s for s in SETTINGS if s.crd is not None)
+
+
+def worker_settings() -> tuple[Setting, ...]:
+    """The CRD settings that become `mili serve` flags (``spec.model`` and ``spec.engine``)."""
+    return tuple(s for s in crd_settings() if s.flag is not None)
 
 
 def engine_flags() -> tuple[Setting, ...]:

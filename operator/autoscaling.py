@@ -10,6 +10,9 @@ The rules are the HorizontalPodAutoscaler's (docs/architecture.md "Autoscaling")
 4. scale up at most to max(2 × current, current + 4) per step;
 5. clamp to [minReplicas, maxReplicas].
 
+At zero replicas (``minReplicas: 0``) no worker reports anything; requests that reached the router
+decide instead (``wake_from_zero``): any in the window → one replica, none → stay at zero.
+
 Missing samples or an unreachable Prometheus keep the current count (clamped to the bounds only) and
 make ``ScalingActive`` False; such a round records no recommendation.
 """
@@ -45,6 +48,9 @@ class Observation:
     kv_cache_usage: float | None
     waiting_per_replica: float | None
     error: str | None = None
+    # Requests that reached the router in the window, including those waiting there for a worker;
+    # None without a router (or before its first request).
+    router_requests: float | None = None
 
     @classmethod
     def unavailable(cls, error: str) -> Observation:
@@ -96,6 +102,8 @@ def decide(
     history = prune(history, spec, now)
     if observation.error is not None:
         return _hold(current, spec, history, PROMETHEUS_UNAVAILABLE, observation.error)
+    if current == 0:
+        return wake_from_zero(observation, spec, history, now)
     samples = ((KV_CACHE, observation.kv_cache_usage), (QUEUE, observation.waiting_per_replica))
     invalid = [f"{name} {value}" for name, value in samples if value is not None and not _is_usable(value)]
     if invalid:  # the client refuses these already; the rule must not crash on them either
@@ -130,6 +138,31 @@ def decide(
         active=True,
         condition_reason=ACTIVE,
         recommendations=recommendations,
+    )
+
+
+def wake_from_zero(
+    observation: Observation, spec: AutoscalingSpec, history: Sequence[Recommendation], now: float
+) -> Decision:
+    """At zero replicas: one replica as soon as a request waits (at the router or a worker), else zero.
+
+    Scaling up from zero ignores the scale-up window: a waiting request has a cold start ahead of it
+    already (``coldStartTimeoutSeconds``)."""
+    demand = [value for value in (observation.router_requests, observation.waiting_per_replica) if value]
+    if any(not _is_usable(value) for value in demand):
+        return _hold(0, spec, tuple(history), PROMETHEUS_UNAVAILABLE, f"unusable samples {demand}")
+    replicas = spec.clamp(1 if demand else 0)
+    if demand:
+        phrase = f"{sum(demand):g} request(s) waiting at zero replicas"
+    else:
+        phrase = "no requests at zero replicas"
+    return Decision(
+        current=0,
+        replicas=replicas,
+        reason=_with_outcome(phrase, 0, replicas, replicas, []),
+        active=True,
+        condition_reason=ACTIVE,
+        recommendations=(*history, Recommendation(now, replicas)),
     )
 
 

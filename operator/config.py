@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_WORKER_IMAGE = "mili-worker:0.1.0"
+DEFAULT_ROUTER_IMAGE = "mili-router:0.1.0"  # Dockerfile.operator's `router` target
 DEFAULT_PROMETHEUS_URL = "http://prometheus.mili-system.svc:9090"
 DEFAULT_OPERATOR_NAMESPACE = "mili-system"
 
@@ -17,6 +18,7 @@ class OperatorConfig:
     """What the operator needs besides each MiliDeployment's own spec."""
 
     worker_image: str = DEFAULT_WORKER_IMAGE
+    router_image: str = DEFAULT_ROUTER_IMAGE
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = False
     liveness_host: str = "0.0.0.0"
@@ -75,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="image for workers whose spec has no `image` (env MILI_WORKER_IMAGE)",
     )
     parser.add_argument(
+        "--router-image",
+        default=os.environ.get("MILI_ROUTER_IMAGE", DEFAULT_ROUTER_IMAGE),
+        help="image of the vllm-router in front of each MiliDeployment (env MILI_ROUTER_IMAGE)",
+    )
+    parser.add_argument(
         "--prometheus-url",
         dest="prometheus_urls",
         action="append",
@@ -122,6 +129,7 @@ def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
     )
     return OperatorConfig(
         worker_image=args.worker_image,
+        router_image=args.router_image,
         namespaces=namespaces,
         all_namespaces=not namespaces,
         liveness_host=args.liveness_host,

@@ -1,4 +1,4 @@
-"""Writes the settings declaration into the CRD: ``spec.model`` and ``spec.engine`` of
+"""Writes the settings declaration into the CRD: ``spec.model``, ``spec.engine`` and ``spec.router`` of
 ``crds/milideployment.yaml`` come from ``mili.common.settings``; the rest of the file is edited by hand.
 
 ``make crds`` (``python -m mili.operator.crd``) rewrites the file; a unit test fails when the checked-in
@@ -17,10 +17,11 @@ CRD_PATH = Path(__file__).resolve().parents[1] / "crds" / "milideployment.yaml"
 HEADER = """\
 # MiliDeployment: one served model. Contract: docs/architecture.md "MiliDeployment". The operator
 # re-checks all of this (and the cross-field rules) and reports a bad spec as Degraded with an Event
-# naming the field. spec.model and spec.engine are generated from mili.common.settings (common/settings.py):
-# edit that, then run `make crds`; edit the rest here, then run `make crds` to normalize the file.
+# naming the field. spec.model, spec.engine and spec.router are generated from mili.common.settings
+# (common/settings.py): edit that, then run `make crds`; edit the rest here, then run `make crds` to
+# normalize the file.
 """
-GENERATED_SECTIONS = ("model", "engine")
+GENERATED_SECTIONS = ("model", "engine", "router")
 
 
 def spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_generated_sections(crd: dict[str, Any]) -> dict[str, Any]:
-    """``crd`` with ``spec.model.properties`` and ``spec.engine.properties`` from the declaration."""
+    """``crd`` with the ``properties`` of each generated section from the declaration."""
     properties = spec_schema(crd)["properties"]
     for section in GENERATED_SECTIONS:
         properties[section]["properties"] = settings.crd_properties(section)

@@ -48,6 +48,21 @@ def network_policy_path(namespace: str, name: str | None = None) -> str:
     return f"{base}/{name}" if name else base
 
 
+def service_account_path(namespace: str, name: str | None = None) -> str:
+    base = f"/api/v1/namespaces/{namespace}/serviceaccounts"
+    return f"{base}/{name}" if name else base
+
+
+def role_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles"
+    return f"{base}/{name}" if name else base
+
+
+def role_binding_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings"
+    return f"{base}/{name}" if name else base
+
+
 def milideployment_path(namespace: str, name: str, subresource: str | None = None) -> str:
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
     return f"{path}/{subresource}" if subresource else path

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 KV_CACHE_METRIC = "mili_kv_cache_usage_ratio"
 WAITING_METRIC = "mili_num_requests_waiting"
+ROUTER_REQUESTS_METRIC = "vllm_router_requests_total"  # the router job's (mili.operator.router)
 
 
 _ERROR_TYPE = re.compile(r"^[a-z_]{1,32}$")  # Prometheus's errorType: bad_data, timeout, execution, ...
@@ -68,6 +69,12 @@ def average_over_ready_pods(metric: str, settings: QuerySettings, namespace: str
     """PromQL: ``metric`` averaged over the window per pod, then over the pods whose target is up."""
     selector = pod_selector(settings, namespace, name)
     return f"avg(avg_over_time({metric}{selector}[{settings.window}]) and on(instance) (up{selector} == 1))"
+
+
+def router_requests(settings: QuerySettings, namespace: str, name: str) -> str:
+    """PromQL: requests that reached the MiliDeployment's routers within the window."""
+    selector = pod_selector(settings, namespace, name)
+    return f"sum(increase({ROUTER_REQUESTS_METRIC}{selector}[{settings.window}]))"
 
 
 class PrometheusClient:
@@ -148,4 +155,5 @@ class PrometheusClient:
         """KV-cache usage and waiting requests per ready pod of one MiliDeployment."""
         kv = await self.scalar(average_over_ready_pods(KV_CACHE_METRIC, settings, namespace, name))
         waiting = await self.scalar(average_over_ready_pods(WAITING_METRIC, settings, namespace, name))
-        return Observation(kv_cache_usage=kv, waiting_per_replica=waiting)
+        routed = await self.scalar(router_requests(settings, namespace, name))
+        return Observation(kv_cache_usage=kv, waiting_per_replica=waiting, router_requests=routed)

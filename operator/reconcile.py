@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from mili.operator import apply, metrics
+from mili.operator import apply, metrics, router
 from mili.operator.config import OperatorConfig
 from mili.operator.kube import (
     ApiError,
@@ -25,6 +25,9 @@ from mili.operator.kube import (
     deployment_path,
     milideployment_path,
     network_policy_path,
+    role_binding_path,
+    role_path,
+    service_account_path,
     service_path,
 )
 from mili.operator.rendering import render_deployment, render_network_policy, render_service
@@ -147,17 +150,43 @@ class Reconciler:
         children = [
             (render_deployment(spec, namespace, replicas, self.config.worker_image), deployment_path),
             (render_service(spec, namespace), service_path),
+            (router.render_workers_service(spec, namespace), service_path),
             (render_network_policy(spec, namespace, self.config.operator_namespace), network_policy_path),
         ]
+        router_children = [
+            (router.render_service_account(spec, namespace), service_account_path),
+            (router.render_role(spec, namespace), role_path),
+            (router.render_role_binding(spec, namespace), role_binding_path),
+            (router.render_router_deployment(spec, namespace, self.config.router_image), deployment_path),
+        ]
+        if spec.router.enabled:
+            children += router_children
+        else:  # spec.router.enabled turned false: the router's children go (only ours)
+            await self._delete_owned(
+                parent, [(child["metadata"]["name"], path) for child, path in router_children]
+            )
         kopf.adopt([child for child, _ in children], owner=parent)
         deployment, problem = await self._apply(
             parent, children[0][0], live, deployment_path(namespace), notices
         )
         for desired, path in children[1:]:
-            current = await self.kube.get(path(namespace, spec.name))
+            current = await self.kube.get(path(namespace, desired["metadata"]["name"]))
             _, child_problem = await self._apply(parent, desired, current, path(namespace), notices)
             problem = problem or child_problem
         return deployment, problem
+
+    async def _delete_owned(
+        self, parent: dict[str, Any], children: list[tuple[str, Callable[..., str]]]
+    ) -> None:
+        """Delete each of ``children`` (name, path function) that exists and this MiliDeployment owns."""
+        namespace, uid = parent["metadata"]["namespace"], parent["metadata"].get("uid", "")
+        for name, path in children:
+            live = await self.kube.get(path(namespace, name))
+            if live is not None and apply.is_owned_by(live, uid):
+                await self.kube.delete(path(namespace, name))
+                logger.info(
+                    "Deleted %s %s/%s (spec.router.enabled is false)", live.get("kind"), namespace, name
+                )
 
     async def _apply(
         self,

@@ -47,6 +47,15 @@ def selector_labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "mili-worker", DEPLOYMENT_LABEL: name}
 
 
+def router_selector_labels(name: str) -> dict[str, str]:
+    """Labels that select one MiliDeployment's router pods (mili.operator.router renders them)."""
+    return {
+        "app.kubernetes.io/name": "mili-router",
+        DEPLOYMENT_LABEL: name,
+        COMPONENT_LABEL: ROUTER_COMPONENT,
+    }
+
+
 def selector_string(name: str) -> str:
     """The same selector in the string form of the scale subresource's ``.status.selector``."""
     return ",".join(f"{key}={value}" for key, value in selector_labels(name).items())
@@ -76,7 +85,7 @@ def worker_model_argument(source: ModelSource) -> str:
 def worker_args(spec: MiliDeploymentSpec) -> list[str]:
     """Arguments of `mili serve`: one flag per declared setting the spec holds (mili.common.settings)."""
     args = ["serve", "--host", "0.0.0.0", "--port", str(WORKER_PORT)]
-    for setting in settings.crd_settings():
+    for setting in settings.worker_settings():
         section = spec.model if setting.crd_section == "model" else spec.engine
         value = getattr(section, setting.spec_attribute)
         if setting.name == "model":
@@ -227,14 +236,16 @@ def render_deployment(
 
 
 def render_service(spec: MiliDeploymentSpec, namespace: str) -> dict[str, Any]:
-    """The Service in front of the worker pods (port ``service.port`` -> the pods' `http` port)."""
+    """The Service clients use (port ``service.port`` -> the pods' `http` port): in front of the router
+    pods, or of the worker pods themselves when ``spec.router.enabled`` is false."""
+    selector = router_selector_labels(spec.name) if spec.router.enabled else selector_labels(spec.name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": spec.name, "namespace": namespace, "labels": worker_labels(spec.name)},
         "spec": {
             "type": spec.service.type,
-            "selector": selector_labels(spec.name),
+            "selector": selector,
             "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -243,7 +254,7 @@ def render_service(spec: MiliDeploymentSpec, namespace: str) -> dict[str, Any]:
 def workers_take_client_traffic(spec: MiliDeploymentSpec) -> bool:
     """Whether clients reach the workers directly: true while the Service named after the
     MiliDeployment selects the workers (no router in front of them)."""
-    return True
+    return not spec.router.enabled
 
 
 def render_network_policy(

@@ -66,6 +66,15 @@ class EngineSpec:
 
 
 @dataclass(frozen=True)
+class RouterSpec:
+    """``spec.router``: one field per setting of ``mili.common.settings`` in that section."""
+
+    enabled: bool = default("router_enabled")
+    replicas: int = default("router_replicas")
+    policy: str = default("router_policy")
+
+
+@dataclass(frozen=True)
 class ResourcesSpec:
     gpus: int = 1
     cpu: str | None = None
@@ -84,6 +93,7 @@ class AutoscalingSpec:
     scale_up_stabilization_seconds: int = 0
     scale_down_stabilization_seconds: int = 300
     prometheus_url: str | None = None
+    cold_start_timeout_seconds: int = 300  # how long a request at zero replicas may wait for a worker
 
     def clamp(self, replicas: int) -> int:
         """``replicas`` within [minReplicas, maxReplicas]."""
@@ -119,6 +129,7 @@ class MiliDeploymentSpec:
     autoscaling: AutoscalingSpec = field(default_factory=AutoscalingSpec)
     service: ServiceSpec = field(default_factory=ServiceSpec)
     api_key_secret_ref: SecretKeyRef | None = None
+    router: RouterSpec = field(default_factory=RouterSpec)
 
 
 class _Fields:
@@ -267,6 +278,7 @@ def parse_spec(name: str, spec: Mapping[str, Any] | None) -> MiliDeploymentSpec:
             port=service.integer("port", 8000, 1, 65535),
         ),
         api_key_secret_ref=_parse_secret_ref(root),
+        router=RouterSpec(**root.section("router").settings("router")),
     )
 
 
@@ -302,6 +314,7 @@ def _parse_autoscaling(autoscaling: _Fields) -> AutoscalingSpec:
         scale_up_stabilization_seconds=autoscaling.integer("scaleUpStabilizationSeconds", 0, 0, 86400),
         scale_down_stabilization_seconds=autoscaling.integer("scaleDownStabilizationSeconds", 300, 0, 86400),
         prometheus_url=autoscaling.string("prometheusUrl"),
+        cold_start_timeout_seconds=autoscaling.integer("coldStartTimeoutSeconds", 300, 1, 3600),
     )
     if parsed.prometheus_url is not None and not parsed.prometheus_url.startswith(("http://", "https://")):
         raise SpecError(

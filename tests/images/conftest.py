@@ -21,6 +21,7 @@ from mili_testing import require_binary
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_TAG = "mili-operator:test"
 WORKER_CPU_TAG = "mili-worker:test-cpu"
+ROUTER_TAG = "mili-router:test"
 BASE_PYTHON_TAG = "cp311"  # Debian bookworm's python3
 
 
@@ -70,6 +71,20 @@ def build(docker: DockerEngine, context: Path, dockerfile: str, tag: str, *args:
 def operator_image(docker: DockerEngine, base_image: str, build_context: Path) -> str:
     return build(
         docker, build_context, "Dockerfile.operator", OPERATOR_TAG, "--build-arg", f"BASE_IMAGE={base_image}"
+    )
+
+
+@pytest.fixture(scope="session")
+def router_image(docker: DockerEngine, base_image: str, build_context: Path) -> str:
+    return build(
+        docker,
+        build_context,
+        "Dockerfile.operator",
+        ROUTER_TAG,
+        "--target",
+        "router",
+        "--build-arg",
+        f"BASE_IMAGE={base_image}",
     )
 
 

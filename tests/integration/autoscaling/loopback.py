@@ -33,6 +33,7 @@ SCRAPE_INTERVAL = "1s"
 READY_TIMEOUT = 90.0
 
 WORKER_JOB = "mili-workers"
+ROUTER_JOB = "mili-routers"
 OPERATOR_JOB = "mili-operator"
 
 
@@ -123,7 +124,7 @@ class PrometheusServer:
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "prometheus.yml"
         self.config_path.write_text(yaml.safe_dump(loopback_config(self.targets_dir)))
-        for job in (WORKER_JOB, OPERATOR_JOB):
+        for job in (WORKER_JOB, ROUTER_JOB, OPERATOR_JOB):
             self.set_targets(job, [])
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -6,11 +6,21 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from integration.autoscaling.loopback import DEPLOYMENT, NAMESPACE, ROOT, SERVED_NAME, wait_until
+from integration.autoscaling.loopback import (
+    DEPLOYMENT,
+    NAMESPACE,
+    ROOT,
+    ROUTER_JOB,
+    SERVED_NAME,
+    pod_target,
+    wait_until,
+)
+from integration.router.processes import Router
 
 DASHBOARD = json.loads((ROOT / "dashboards" / "mili.json").read_text())
 VARIABLES = {"namespace": NAMESPACE, "deployment": DEPLOYMENT, "model": re.escape(SERVED_NAME)}
@@ -27,6 +37,9 @@ REQUIRED_PANELS = {
     "Preemptions",
     "Desired vs ready replicas",
     "Scaling decisions",
+    "Router decisions per worker",
+    "Router in-flight requests per worker",
+    "Prefix-cache hit ratio per worker",
 }
 # Series whose value is a real number once requests have been served (others may be NaN at times,
 # e.g. a hit ratio over a window without prompts, or 0/0 quantiles).
@@ -95,11 +108,26 @@ def test_variable_queries_list_the_scraped_deployment(prometheus):
     assert found["model"] == [SERVED_NAME]
 
 
-def test_every_query_runs_and_worker_panels_show_data(prometheus, workers):
-    for worker in workers:  # some finished requests, so latencies, tokens and rates have samples
-        for _ in range(2):
-            body = {"model": SERVED_NAME, "prompt": "The quick brown fox", "max_tokens": 4}
-            httpx.post(f"{worker.url}/v1/completions", json=body, timeout=60).raise_for_status()
+@pytest.fixture(scope="module")
+def router(prometheus, workers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+    """The real vllm-router in front of both workers, scraped as the router job scrapes router pods."""
+    log = tmp_path_factory.mktemp("dashboard-router") / "router.log"
+    running = Router("127.0.0.1", [worker.url for worker in workers], log, "--policy", "cache_aware").start()
+    address = running.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    prometheus.set_targets(
+        ROUTER_JOB, [pod_target(address, f"{DEPLOYMENT}-router", app="mili-router", port_name="metrics")]
+    )
+    yield running
+    prometheus.set_targets(ROUTER_JOB, [])
+    running.stop()
+
+
+def test_every_query_runs_and_worker_panels_show_data(prometheus, workers, router):
+    # Some finished requests through the router (the default policy, cache_aware), so latencies, tokens,
+    # rates and router decisions have samples.
+    for _ in range(2 * len(workers)):
+        body = {"model": SERVED_NAME, "prompt": "The quick brown fox", "max_tokens": 4}
+        httpx.post(f"{router.url}/v1/completions", json=body, timeout=60).raise_for_status()
 
     values = {**VARIABLES, **GRAFANA_INTERVALS}
     for _, expr in targets():

@@ -74,7 +74,13 @@ def test_milideployment_gets_a_deployment_and_service_it_owns(api, operator, wai
     assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert deployment["spec"]["replicas"] == 1
 
-    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # The Service named after the MiliDeployment is the router's; the headless one names the workers.
+    router = wait_for(lambda: api.get(api.deployment_path("chat-router")), "the router Deployment")
+    router_pod_labels = router["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= router_pod_labels.items()
+    workers = wait_for(lambda: api.get(api.service_path("chat-workers")), "the headless workers Service")
+    assert workers["spec"]["clusterIP"] == "None"
+    assert workers["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"] == [
         {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
     ]
@@ -93,6 +99,53 @@ def test_milideployment_gets_a_deployment_and_service_it_owns(api, operator, wai
     assert (
         'mili_operator_desired_replicas{mili_deployment="chat",namespace="mili-test"} 1.0'
         in operator.metrics()
+    )
+
+
+def test_the_router_discovers_the_workers_with_its_own_pod_reader_role(api, operator, wait_for):
+    md = api.create_milideployment(
+        "routed",
+        {
+            "resources": {"gpus": 0},
+            "router": {"policy": "round_robin", "replicas": 2},
+            "apiKeySecretRef": {"name": "routed-key", "key": "token"},
+        },
+    )
+    router = wait_for(lambda: api.get(api.deployment_path("routed-router")), "the router Deployment")
+    rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/mili-test"
+    account = wait_for(
+        lambda: api.get("/api/v1/namespaces/mili-test/serviceaccounts/routed-router"), "the ServiceAccount"
+    )
+    role = wait_for(lambda: api.get(f"{rbac}/roles/routed-router"), "the Role")
+    binding = wait_for(lambda: api.get(f"{rbac}/rolebindings/routed-router"), "the RoleBinding")
+    for child in (router, account, role, binding):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == (
+            "MiliDeployment",
+            "routed",
+            md["metadata"]["uid"],
+        )
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "routed-router", "namespace": "mili-test"}
+    ]
+    pod = router["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "routed-router" and router["spec"]["replicas"] == 2
+    args = container(router)["args"]
+    assert (
+        flag(args, "--policy") == "round_robin" and flag(args, "--service-discovery-namespace") == "mili-test"
+    )
+    assert flag(args, "--api-key") == "$(MILI_API_KEY)"
+    assert container(router)["image"] == "mili-router:0.1.0"
+
+    # Turned off: the router's children go and the Service selects the workers again.
+    api.patch_spec("routed", {"router": {"enabled": False}})
+    wait_for(lambda: api.get(api.deployment_path("routed-router")) is None, "the router Deployment to go")
+    wait_for(lambda: api.get(f"{rbac}/roles/routed-router") is None, "the Role to go")
+    workers = api.get(api.deployment_path("routed"))["spec"]["selector"]["matchLabels"]
+    wait_for(
+        lambda: api.get(api.service_path("routed"))["spec"]["selector"] == workers,
+        "the Service to select the workers",
     )
 
 

@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from mili.common import settings
-from mili.operator.spec import EngineSpec, ModelSpec, SpecError, parse_spec
+from mili.operator.spec import EngineSpec, ModelSpec, RouterSpec, SpecError, parse_spec
 from mili.worker.cli import main as mili_main
 from mili.worker.config import EngineConfig
 
 ROOT = Path(__file__).resolve().parents[3]
-SPEC_CLASSES = {"model": ModelSpec, "engine": EngineSpec}
+SPEC_CLASSES = {"model": ModelSpec, "engine": EngineSpec, "router": RouterSpec}
 
 # Per CRD setting: values to try (some good, some bad); the verdicts must agree everywhere.
 PROBES = {
@@ -32,6 +32,9 @@ PROBES = {
     "prefix_caching": [True, False, "yes", 1],
     "enforce_eager": [True, False, "no", 0],
     "shutdown_timeout_seconds": [1, 30, 3600, 0, 3601],
+    "router_enabled": [True, False, "no", 0],
+    "router_replicas": [1, 16, 0, 17, 2.0],
+    "router_policy": ["cache_aware", "round_robin", "power_of_two", "random", "kv_aware", "least_load"],
 }
 
 

@@ -209,3 +209,40 @@ def test_steady_load_at_target_is_left_alone():
     spec = replace(SPEC, max_replicas=8, scale_down_stabilization_seconds=300)
     counts = simulate(spec, [2.0 + 0.05 * (-1) ** step for step in range(40)], start=3)
     assert set(counts) == {3}
+
+
+# Scale from zero (minReplicas 0): requests at the router wake a MiliDeployment; idle goes to zero.
+FROM_ZERO = replace(SPEC, min_replicas=0, max_replicas=4, scale_down_stabilization_seconds=300)
+
+
+def test_a_request_waiting_at_zero_replicas_brings_one_worker():
+    # No worker reports anything at zero: only the router saw the request.
+    decision = decide(Observation(None, None, router_requests=1.0), 0, FROM_ZERO, (), NOW)
+    assert (decision.replicas, decision.active, decision.direction) == (1, True, "up")
+    assert "1 request(s) waiting at zero replicas" in decision.reason
+
+
+def test_a_long_scale_up_window_does_not_delay_the_wake_up():
+    spec = replace(FROM_ZERO, scale_up_stabilization_seconds=600)
+    history = (Recommendation(NOW - 10, 0),)
+    assert decide(Observation(None, None, router_requests=3.0), 0, spec, history, NOW).replicas == 1
+
+
+@pytest.mark.parametrize("router_requests", [None, 0.0])
+def test_zero_stays_zero_without_requests(router_requests):
+    decision = decide(Observation(None, None, router_requests=router_requests), 0, FROM_ZERO, (), NOW)
+    assert (decision.replicas, decision.active) == (0, True)
+    assert "no requests at zero replicas" in decision.reason
+
+
+def test_at_zero_an_unreachable_prometheus_holds_and_minreplicas_one_lifts():
+    assert decide(Observation.unavailable("down"), 0, FROM_ZERO, (), NOW).replicas == 0
+    assert decide(Observation(None, None), 0, replace(FROM_ZERO, min_replicas=1), (), NOW).replicas == 1
+
+
+def test_idle_goes_to_zero_only_after_the_scale_down_window():
+    idle = Observation(kv_cache_usage=0.0, waiting_per_replica=0.0, router_requests=0.0)
+    history = (Recommendation(NOW - 200, 1),)  # busy 200 s ago: inside the 300 s window
+    assert decide(idle, 1, FROM_ZERO, history, NOW).replicas == 1
+    history = (Recommendation(NOW - 301, 1),)  # the window has passed
+    assert decide(idle, 1, FROM_ZERO, history, NOW).replicas == 0

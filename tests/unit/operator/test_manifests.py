@@ -195,11 +195,22 @@ def test_rbac_is_least_privilege():
         ("mili.dev", "milideployments"): {"get", "list", "watch", "patch"},
         ("mili.dev", "milideployments/status"): {"get", "patch"},
         ("mili.dev", "milideployments/finalizers"): {"update"},
-        ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+        ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "services"): {"get", "list", "watch", "create", "patch"},
         ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch"},
+        ("", "serviceaccounts"): {"get", "create", "patch", "delete"},
+        ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch", "delete"},
+        ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "patch", "delete"},
+        ("", "pods"): {"get", "list", "watch"},
         ("", "events"): {"create"},
     }
+    # The API server lets the operator grant the router's Role only with permissions the operator holds.
+    from mili.operator.router import render_role
+
+    for rule in render_role(parse_spec("chat", {}), "ns")["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert set(rule["verbs"]) <= granted[(group, resource)]
 
 
 def test_operator_deployment_runs_non_root_with_args_the_cli_accepts():

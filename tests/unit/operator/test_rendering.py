@@ -198,7 +198,8 @@ def test_replicas_none_leaves_the_field_to_the_autoscaler():
 
 
 def test_service_maps_its_port_to_the_worker_http_port():
-    service = render_service(parse_spec("chat", {"service": {"type": "NodePort", "port": 80}}), "ns")
+    raw = {"service": {"type": "NodePort", "port": 80}, "router": {"enabled": False}}
+    service = render_service(parse_spec("chat", raw), "ns")
     assert service["metadata"] == {"name": "chat", "namespace": "ns", "labels": service["metadata"]["labels"]}
     assert service["spec"] == {
         "type": "NodePort",
@@ -261,5 +262,8 @@ def test_the_network_policy_lets_in_the_router_the_operator_namespace_and_promet
         "namespaceSelector": {},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
     } in peers
-    # No router in front yet: the Service's clients reach the workers directly, on the http port only.
-    assert rest == [{"ports": [{"protocol": "TCP", "port": "http"}]}]
+    # The router is the front door: nobody else reaches the workers.
+    assert rest == []
+    # Without a router the Service's clients reach the workers directly, on the http port only.
+    direct = render_network_policy(parse_spec("chat", {"router": {"enabled": False}}), "ns", "mili-system")
+    assert direct["spec"]["ingress"][1:] == [{"ports": [{"protocol": "TCP", "port": "http"}]}]

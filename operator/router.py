@@ -1,0 +1,193 @@
+"""Pure functions: a validated MiliDeployment spec -> the vllm-router in front of its workers.
+
+The router (vllm-project/router, `vllm-router`) finds the worker pods itself through the Kubernetes API
+(``--service-discovery``), so it gets a ServiceAccount and a Role that may get, list and watch pods in
+its namespace, and nothing else. The Service named after the MiliDeployment selects the router pods;
+``<name>-workers`` (headless) names the worker pods. See docs/routing.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mili.operator.rendering import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    WORKER_PORT,
+    router_selector_labels,
+    selector_labels,
+    worker_labels,
+)
+from mili.operator.spec import MiliDeploymentSpec
+
+ROUTER_PORT = 8000
+ROUTER_METRICS_PORT = 29000
+ROUTER_UID = 1000
+CONTAINER_NAME = "router"
+API_KEY_ENV = "MILI_API_KEY"
+QUEUE_SIZE = 256  # requests the router holds while its concurrency limit is reached
+
+
+def router_name(name: str) -> str:
+    """The router Deployment, its ServiceAccount, Role and RoleBinding."""
+    return f"{name}-router"
+
+
+def workers_service_name(name: str) -> str:
+    return f"{name}-workers"
+
+
+def router_labels(name: str) -> dict[str, str]:
+    return {**router_selector_labels(name), "app.kubernetes.io/instance": name, MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def router_args(spec: MiliDeploymentSpec, namespace: str) -> list[str]:
+    """Arguments of `vllm-router`: discover this MiliDeployment's ready worker pods, route by the policy,
+    export metrics; retries and circuit breaking stay at the router's defaults (on)."""
+    selector = [f"{key}={value}" for key, value in selector_labels(spec.name).items()]
+    args = [
+        "--host", "0.0.0.0",
+        "--port", str(ROUTER_PORT),
+        "--policy", spec.router.policy,
+        "--service-discovery",
+        "--selector", *selector,
+        "--service-discovery-port", str(WORKER_PORT),
+        "--service-discovery-namespace", namespace,
+        "--health-check-endpoint", "/ready",  # a draining worker answers 503 there and gets no new requests
+        "--prometheus-host", "0.0.0.0",
+        "--prometheus-port", str(ROUTER_METRICS_PORT),
+        "--queue-size", str(QUEUE_SIZE),
+        # A held request may wait as long as a cold start from zero replicas may take.
+        "--queue-timeout-secs", str(spec.autoscaling.cold_start_timeout_seconds),
+    ]  # fmt: skip
+    if spec.api_key_secret_ref is not None:
+        args += ["--api-key", f"$({API_KEY_ENV})"]  # the kubelet expands $(VAR) from the container's env
+    return args
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def render_router_deployment(spec: MiliDeploymentSpec, namespace: str, image: str) -> dict[str, Any]:
+    """The router Deployment: ``spec.router.replicas`` pods of `vllm-router`, non-root, read-only root."""
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "command": ["vllm-router"],
+        "args": router_args(spec, namespace),
+        "ports": [
+            {"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ROUTER_METRICS_PORT, "protocol": "TCP"},
+        ],
+        # /health answers while the router runs, also with no worker yet: a request then waits in the
+        # router's queue (scale from zero) instead of finding no Service endpoint.
+        "livenessProbe": _probe("/health", 10, 3),
+        "readinessProbe": _probe("/health", 5, 3),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.api_key_secret_ref is not None:
+        ref = spec.api_key_secret_ref
+        container["env"] = [
+            {"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        ]
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": router_name(spec.name),
+        "containers": [container],
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": ROUTER_UID,
+            "runAsGroup": ROUTER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": router_name(spec.name),
+            "namespace": namespace,
+            "labels": router_labels(spec.name),
+        },
+        "spec": {
+            "replicas": spec.router.replicas,
+            "selector": {"matchLabels": router_selector_labels(spec.name)},
+            "template": {
+                "metadata": {
+                    "labels": router_labels(spec.name),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(ROUTER_METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_service_account(spec: MiliDeploymentSpec, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": router_name(spec.name),
+            "namespace": namespace,
+            "labels": router_labels(spec.name),
+        },
+    }
+
+
+def render_role(spec: MiliDeploymentSpec, namespace: str) -> dict[str, Any]:
+    """What service discovery needs: read the pods of this namespace (the selector is the router's)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {
+            "name": router_name(spec.name),
+            "namespace": namespace,
+            "labels": router_labels(spec.name),
+        },
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+    }
+
+
+def render_role_binding(spec: MiliDeploymentSpec, namespace: str) -> dict[str, Any]:
+    name = router_name(spec.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace, "labels": router_labels(spec.name)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+
+
+def render_workers_service(spec: MiliDeploymentSpec, namespace: str) -> dict[str, Any]:
+    """``<name>-workers``: a headless Service naming every worker pod (DNS per pod; no load balancing)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": workers_service_name(spec.name),
+            "namespace": namespace,
+            "labels": worker_labels(spec.name),
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(spec.name),
+            "ports": [{"name": "http", "port": WORKER_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
