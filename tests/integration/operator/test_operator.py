@@ -268,6 +268,7 @@ def test_a_restarted_operator_changes_nothing(api, cluster, operator, wait_for):
             wait_for(
                 lambda name=name: condition(api.get(api.md_path(name)), "ScalingActive"),
                 f"{name}'s first autoscaling round",
+                timeout=60,  # the round waits on the reconcile lock while nine children are applied
             )
     before_children = {key: cluster.versions(*key) for key in children}
     before_status = {name: api.get(api.md_path(name))["status"] for name in names}
