@@ -2,7 +2,9 @@
 
 Every trigger (the MiliDeployment created, updated or resumed; a child Deployment or Service changed or
 deleted) runs the same pass on a fresh read of the object, serialized per object, so running it again
-changes nothing.
+changes nothing. Triggers that arrive while a pass for the same object waits to start share that pass
+(a controller work queue's de-duplication): the nine children of one object, listed at once when the
+operator starts, cost one pass after the running one, not nine.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def post_kopf_event(body: Mapping[str, Any], notice: Notice) -> None:
     kopf.event(body, type=notice.type, reason=notice.reason, message=notice.message)
 
 
+def _consume_outcome(future: asyncio.Future[list[Notice]]) -> None:
+    """Mark a pass's error as retrieved: the caller that ran it re-raises it; joiners may be none."""
+    if not future.cancelled():
+        future.exception()
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -74,19 +82,48 @@ class Reconciler:
         self._locks: collections.defaultdict[tuple[str, str], asyncio.Lock] = collections.defaultdict(
             asyncio.Lock
         )
+        # Per object, the pass that is queued behind the lock and has not read anything yet.
+        self._queued: dict[tuple[str, str], asyncio.Future[list[Notice]]] = {}
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         """The per-object lock every read-modify-write of one MiliDeployment's status holds."""
         return self._locks[(namespace, name)]
 
     async def reconcile(self, namespace: str, name: str, trigger: str = "request") -> list[Notice]:
-        """Bring the children and status of one MiliDeployment up to date; returns the Events posted."""
-        async with self.lock(namespace, name):
-            parent = await self.kube.get(milideployment_path(namespace, name))
-            if parent is None or parent.get("metadata", {}).get("deletionTimestamp"):
-                return []
-            notices = await self._reconcile(parent)
+        """Bring the children and status of one MiliDeployment up to date; returns the Events posted.
+
+        Returns once a pass that started after this call has finished (its errors raise here too); a
+        call made while another pass is queued joins that pass instead of queueing its own."""
+        key = (namespace, name)
+        queued = self._queued.get(key)
+        if queued is not None:
+            notices = await asyncio.shield(queued)
+            logger.debug("Reconciled %s/%s after %s (joined a queued pass)", namespace, name, trigger)
+            return notices
+        future: asyncio.Future[list[Notice]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume_outcome)
+        self._queued[key] = future
+        try:
+            async with self.lock(namespace, name):
+                del self._queued[key]  # from here on a new trigger may have seen what this pass reads
+                notices = await self._reconcile_locked(namespace, name)
+        except BaseException as error:
+            if self._queued.get(key) is future:  # cancelled while waiting for the lock
+                del self._queued[key]
+            if isinstance(error, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(error)
+            raise
+        future.set_result(notices)
         logger.debug("Reconciled %s/%s after %s: %d notice(s)", namespace, name, trigger, len(notices))
+        return notices
+
+    async def _reconcile_locked(self, namespace: str, name: str) -> list[Notice]:
+        parent = await self.kube.get(milideployment_path(namespace, name))
+        if parent is None or parent.get("metadata", {}).get("deletionTimestamp"):
+            return []
+        notices = await self._reconcile(parent)
         for notice in notices:
             self.post_event(parent, notice)
         return notices

@@ -289,8 +289,8 @@ def test_a_restarted_operator_changes_nothing(api, cluster, operator, wait_for):
         ]
         return all(line in log for line in expected)
 
-    # Every object and each of its children (nine with a router) is one pass each: time on a loaded machine.
-    wait_for(resumed, "the restarted operator to reconcile every object and child", timeout=180)
+    # The children listed at start-up join one queued pass per object (see test_reconcile_queue.py).
+    wait_for(resumed, "the restarted operator to reconcile every object and child", timeout=90)
     assert {key: cluster.versions(*key) for key in children} == before_children, "children were rewritten"
     assert {name: api.get(api.md_path(name))["status"] for name in names} == before_status
     assert {name: api.get(api.md_path(name))["spec"] for name in names} == before_specs
