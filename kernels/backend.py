@@ -105,3 +105,9 @@ class KernelBackend(Protocol):
         rows ``cu_seqlens_q[i]:cu_seqlens_q[i+1]``, int32 ``[B+1]``) over the cached prefix plus the new
         tokens, all already stored in the paged cache. Returns ``[T, Hq, D]``."""
         ...
+
+
+# The interface's op names, in declaration order (the self-check and the tests cover each of them).
+KERNEL_OPS = tuple(
+    name for name, member in vars(KernelBackend).items() if callable(member) and not name.startswith("_")
+)

@@ -16,7 +16,14 @@ HEAD_DIMS = (64, 128)
 EXPECTED_KERNELS = {
     "elementwise": {
         f"{op}_{dtype}"
-        for op in ("rms_norm", "silu_and_mul", "rotary_embedding", "store_kv")
+        for op in (
+            "rms_norm",
+            "fused_add_rms_norm",
+            "silu_and_mul",
+            "rotary_embedding",
+            "qk_norm_rotary",
+            "store_kv",
+        )
         for dtype in DTYPES
     },
     "decode_attention": {
