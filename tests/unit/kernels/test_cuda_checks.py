@@ -108,7 +108,7 @@ def test_rotary_store_kv_and_silu_checks() -> None:
 def test_fused_add_rms_norm_needs_a_matching_residual() -> None:
     x, weight = torch.zeros(4, 64, dtype=torch.bfloat16), torch.ones(64, dtype=torch.bfloat16)
     checks.check_fused_add_rms_norm(x, x.clone(), weight, CPU)
-    with pytest.raises(ValueError, match="fused_add_rms_norm: residual must be a torch.Tensor"):
+    with pytest.raises(ValueError, match=r"fused_add_rms_norm: residual must be a torch\.Tensor"):
         checks.check_fused_add_rms_norm(x, None, weight, CPU)
     with pytest.raises(ValueError, match=r"fused_add_rms_norm: residual must have shape \(4, 64\)"):
         checks.check_fused_add_rms_norm(x, torch.zeros(2, 64, dtype=torch.bfloat16), weight, CPU)
