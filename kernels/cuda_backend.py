@@ -37,19 +37,6 @@ THREADS_ATTENTION = 128  # kDecodeThreads / kPrefillThreads
 PREFILL_BLOCK_ROWS = 64  # kBlockRows in prefill_attention.cu
 LOG2_E = 1.4426950408889634
 
-# PyCUDA prepared-call signatures (struct codes: P pointer, i int32, q int64, f float32).
-SIGNATURES = {
-    "rms_norm": "PPPPPiif",
-    "fused_add_rms_norm": "PPPPiif",
-    "qk_norm_rotary": "PPPPPPPPqqiiiif",
-    "silu_and_mul": "PPi",
-    "rotary_embedding": "PPPPqqiii",
-    "store_kv": "PPPPPqqi",
-    "decode_attention": "PPPPPPPPPqiiiif",
-    "decode_reduce": "PPPPPii",
-    "prefill_attention": "PPPPPPPqiiiiif",
-}
-
 
 def heads_per_cta(group: int) -> int:
     """Query heads a decode CTA takes together: the largest of 8, 4, 2, 1 dividing the GQA group."""
@@ -104,10 +91,10 @@ class CudaBackend:
         name = f"{kernel}_{variant}"
         function = self._functions.get(name)
         if function is None:
-            module = self._modules[_MODULE_OF[kernel]]
+            module = self._modules[checks.SOURCE_OF[kernel]]
             with self._pushed():
                 function = module.get_function(name)
-                function.prepare(SIGNATURES[kernel])
+                function.prepare(checks.SIGNATURES[kernel])
             self._functions[name] = function
         return function
 
@@ -384,17 +371,3 @@ class CudaBackend:
                 np.float32(scale * LOG2_E),
             )
         return out
-
-
-# Which cubin (source stem) holds each kernel.
-_MODULE_OF = {
-    "rms_norm": "elementwise",
-    "fused_add_rms_norm": "elementwise",
-    "qk_norm_rotary": "elementwise",
-    "silu_and_mul": "elementwise",
-    "rotary_embedding": "elementwise",
-    "store_kv": "elementwise",
-    "decode_attention": "decode_attention",
-    "decode_reduce": "decode_attention",
-    "prefill_attention": "prefill_attention",
-}

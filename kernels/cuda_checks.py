@@ -20,6 +20,32 @@ DECODE_MAX_SPLITS = 1024  # kMaxSplits
 
 DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
+# Each kernel's parameters as PyCUDA prepared-call struct codes (P pointer, i int32, q int64, f float32),
+# and the source (cubin stem) that exports it; tests/unit/kernels/test_cuda_build.py checks both against
+# the C declarations in kernels/cuda/*.cu.
+SIGNATURES = {
+    "rms_norm": "PPPPPiif",
+    "fused_add_rms_norm": "PPPPiif",
+    "qk_norm_rotary": "PPPPPPPPqqiiiif",
+    "silu_and_mul": "PPi",
+    "rotary_embedding": "PPPPqqiii",
+    "store_kv": "PPPPPqqi",
+    "decode_attention": "PPPPPPPPPqiiiif",
+    "decode_reduce": "PPPPPii",
+    "prefill_attention": "PPPPPPPqiiiiif",
+}
+SOURCE_OF = {
+    "rms_norm": "elementwise",
+    "fused_add_rms_norm": "elementwise",
+    "qk_norm_rotary": "elementwise",
+    "silu_and_mul": "elementwise",
+    "rotary_embedding": "elementwise",
+    "store_kv": "elementwise",
+    "decode_attention": "decode_attention",
+    "decode_reduce": "decode_attention",
+    "prefill_attention": "prefill_attention",
+}
+
 
 def fail(op: str, message: str) -> ValueError:
     return ValueError(f"{op}: {message}")
