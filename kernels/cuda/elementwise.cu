@@ -119,15 +119,16 @@ __device__ void silu_and_mul_impl(T* __restrict__ out, const T* __restrict__ x, 
 }
 
 // NeoX rotation of one 8-wide chunk pair (x1 from the first half of a head, x2 from the second) by the
-// cos/sin of the same columns, in float32.
+// cos/sin of the same columns, in float32. The _rn intrinsics keep nvcc from contracting a product and
+// the sum into one fma: torch rounds each product, and bf16 output then matches it bit for bit.
 __device__ __forceinline__ void rotate_chunk_pair(float x1[8], float x2[8], const float* cos_sin, int half,
                                                   int col) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const float c = cos_sin[col + i];
     const float s = cos_sin[half + col + i];
-    const float r1 = x1[i] * c - x2[i] * s;
-    x2[i] = x2[i] * c + x1[i] * s;
+    const float r1 = __fsub_rn(__fmul_rn(x1[i], c), __fmul_rn(x2[i], s));
+    x2[i] = __fadd_rn(__fmul_rn(x2[i], c), __fmul_rn(x1[i], s));
     x1[i] = r1;
   }
 }
