@@ -2,6 +2,7 @@
 
 A kernel handed the wrong shape reads or writes out of bounds instead of failing, so each op checks
 shapes, dtypes, device and memory layout here and raises a ValueError that names the op and argument.
+The kernels' launch signatures (`SIGNATURES`, `SOURCE_OF`) are declared here too, once, pycuda-free.
 """
 
 from __future__ import annotations
