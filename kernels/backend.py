@@ -1,7 +1,9 @@
 """The kernel backend interface: every op the model runs through, with its shapes.
 
-Two implementations exist: `TorchBackend` (reference, CPU path) and `CudaBackend` (our CUDA C through
-PyCUDA). Conventions shared by both:
+Implementations: `TorchBackend` (the reference: its ops define correctness), `CudaBackend` (our CUDA C
+through PyCUDA) and `CpuBackend` (our C++). The model runs the fused ops (`fused_add_rms_norm`,
+`qk_norm_rotary`); the unfused ones (`rms_norm` with ``residual``, `rotary_embedding`) stay as the
+building blocks the fused ones are tested against. Conventions shared by both:
 
 - token-major activations: ``[num_tokens, ...]``;
 - the paged KV cache of one layer is a pair of tensors ``[num_blocks, block_size, num_kv_heads, head_dim]``;
@@ -32,11 +34,33 @@ class KernelBackend(Protocol):
         returned as the new residual; without it, returns ``(norm(x), None)``."""
         ...
 
+    def fused_add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """In place ``residual += x`` (rounded to its dtype), then returns ``rms_norm(residual)`` as a new
+        tensor: one pass where `rms_norm` with ``residual`` allocates and writes the sum anew."""
+        ...
+
     def rotary_embedding(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor
     ) -> None:
         """Rotate ``q [T, Hq, D]`` and ``k [T, Hk, D]`` in place (NeoX style: halves rotated together).
         ``cos_sin_cache`` is float32 ``[max_positions, D]``: cos in the first half, sin in the second."""
+        ...
+
+    def qk_norm_rotary(
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        q_weight: torch.Tensor | None,
+        k_weight: torch.Tensor | None,
+        eps: float,
+        cos_sin_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head RMS norm of ``q [T, Hq, D]`` and ``k [T, Hk, D]`` (weights ``[D]``; both ``None``: no
+        norm, as in Qwen2/Llama), then rotary as `rotary_embedding`; returns new dense q and k. q and k
+        may be strided views of a fused qkv projection (dense heads); they are left unchanged."""
         ...
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,3 +105,9 @@ class KernelBackend(Protocol):
         rows ``cu_seqlens_q[i]:cu_seqlens_q[i+1]``, int32 ``[B+1]``) over the cached prefix plus the new
         tokens, all already stored in the paged cache. Returns ``[T, Hq, D]``."""
         ...
+
+
+# The interface's op names, in declaration order (the self-check and the tests cover each of them).
+KERNEL_OPS = tuple(
+    name for name, member in vars(KernelBackend).items() if callable(member) and not name.startswith("_")
+)

@@ -32,12 +32,33 @@ class CheckedTorchBackend(TorchBackend):
         self.calls["rms_norm"] += 1
         return super().rms_norm(x, weight, eps, residual)
 
+    def fused_add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        checks.check_fused_add_rms_norm(x, residual, weight, self.device)
+        self.calls["fused_add_rms_norm"] += 1
+        return super().fused_add_rms_norm(x, residual, weight, eps)
+
     def rotary_embedding(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor
     ) -> None:
         checks.check_rotary(positions, q, k, cos_sin_cache, self.device)
         self.calls["rotary_embedding"] += 1
         super().rotary_embedding(positions, q, k, cos_sin_cache)
+
+    def qk_norm_rotary(
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        q_weight: torch.Tensor | None,
+        k_weight: torch.Tensor | None,
+        eps: float,
+        cos_sin_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        checks.check_qk_norm_rotary(positions, q, k, q_weight, k_weight, cos_sin_cache, self.device)
+        self.calls["qk_norm_rotary"] += 1
+        return super().qk_norm_rotary(positions, q, k, q_weight, k_weight, eps, cos_sin_cache)
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         checks.check_silu_and_mul(x, self.device)

@@ -1,7 +1,8 @@
 """`KernelBackend` on our C++ CPU kernels (kernels/cpu/ops.cpp, built by `mili.kernels.cpu_build`).
 
 Decode attention reads each sequence's own blocks straight from the paged cache (no gather padded to
-the longest context), the elementwise ops are fused single passes, and store_kv is a row copy.
+the longest context), the elementwise ops are fused single passes (the residual add with the norm, the
+per-head q/k norm with rotary), and store_kv is a row copy.
 Prefill attention stays on torch's SDPA (`TorchBackend`), which is already a tiled kernel on CPU.
 """
 
@@ -45,10 +46,29 @@ class CpuBackend:
             return self.ops.rms_norm(x, weight, eps), None
         return self.ops.add_rms_norm(x, residual.contiguous(), weight, eps)
 
+    def fused_add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        if not residual.is_contiguous():
+            raise ValueError("fused_add_rms_norm: residual must be contiguous (it is updated in place)")
+        return self.ops.fused_add_rms_norm(x.contiguous(), residual, weight, eps)
+
     def rotary_embedding(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor
     ) -> None:
         self.ops.rotary_embedding(positions, q, k, cos_sin_cache)
+
+    def qk_norm_rotary(
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        q_weight: torch.Tensor | None,
+        k_weight: torch.Tensor | None,
+        eps: float,
+        cos_sin_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ops.qk_norm_rotary(positions, q, k, q_weight, k_weight, eps, cos_sin_cache)
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops.silu_and_mul(x.contiguous())

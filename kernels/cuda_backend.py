@@ -37,17 +37,6 @@ THREADS_ATTENTION = 128  # kDecodeThreads / kPrefillThreads
 PREFILL_BLOCK_ROWS = 64  # kBlockRows in prefill_attention.cu
 LOG2_E = 1.4426950408889634
 
-# PyCUDA prepared-call signatures (struct codes: P pointer, i int32, q int64, f float32).
-SIGNATURES = {
-    "rms_norm": "PPPPPiif",
-    "silu_and_mul": "PPi",
-    "rotary_embedding": "PPPPqqiii",
-    "store_kv": "PPPPPqqi",
-    "decode_attention": "PPPPPPPPPqiiiif",
-    "decode_reduce": "PPPPPii",
-    "prefill_attention": "PPPPPPPqiiiiif",
-}
-
 
 def heads_per_cta(group: int) -> int:
     """Query heads a decode CTA takes together: the largest of 8, 4, 2, 1 dividing the GQA group."""
@@ -102,10 +91,10 @@ class CudaBackend:
         name = f"{kernel}_{variant}"
         function = self._functions.get(name)
         if function is None:
-            module = self._modules[_MODULE_OF[kernel]]
+            module = self._modules[checks.SOURCE_OF[kernel]]
             with self._pushed():
                 function = module.get_function(name)
-                function.prepare(SIGNATURES[kernel])
+                function.prepare(checks.SIGNATURES[kernel])
             self._functions[name] = function
         return function
 
@@ -138,6 +127,30 @@ class CudaBackend:
                 )
         return out, residual_out
 
+    def fused_add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        checks.check_fused_add_rms_norm(x, residual, weight, self.device)
+        hidden = x.shape[-1]
+        rows = x.numel() // hidden if hidden else 0
+        out = torch.empty_like(x)
+        if rows:
+            function = self._function("fused_add_rms_norm", checks.DTYPE_SUFFIX[x.dtype])
+            with self._launch_stream() as stream:
+                function.prepared_async_call(
+                    (math.ceil(rows / (THREADS_ELEMENTWISE // 32)), 1, 1),
+                    (THREADS_ELEMENTWISE, 1, 1),
+                    stream,
+                    out.data_ptr(),
+                    residual.data_ptr(),
+                    x.data_ptr(),
+                    weight.data_ptr(),
+                    rows,
+                    hidden,
+                    np.float32(eps),
+                )
+        return out
+
     def rotary_embedding(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor
     ) -> None:
@@ -162,6 +175,50 @@ class CudaBackend:
                 k.shape[1],
                 head_dim,
             )
+
+    def qk_norm_rotary(
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        q_weight: torch.Tensor | None,
+        k_weight: torch.Tensor | None,
+        eps: float,
+        cos_sin_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One launch: head_dim / 16 threads per (token, head), all heads of all tokens."""
+        checks.check_qk_norm_rotary(positions, q, k, q_weight, k_weight, cos_sin_cache, self.device)
+        positions = positions.long()
+        tokens, num_q_heads, head_dim = q.shape
+        num_kv_heads = k.shape[1]
+        q_out = torch.empty((tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
+        k_out = torch.empty((tokens, num_kv_heads, head_dim), dtype=k.dtype, device=k.device)
+        if not tokens:
+            return q_out, k_out
+        threads = tokens * (num_q_heads + num_kv_heads) * (head_dim // 16)
+        function = self._function("qk_norm_rotary", checks.DTYPE_SUFFIX[q.dtype])
+        with self._launch_stream() as stream:
+            function.prepared_async_call(
+                (math.ceil(threads / THREADS_ELEMENTWISE), 1, 1),
+                (THREADS_ELEMENTWISE, 1, 1),
+                stream,
+                q_out.data_ptr(),
+                k_out.data_ptr(),
+                q.data_ptr(),
+                k.data_ptr(),
+                q_weight.data_ptr() if q_weight is not None else 0,
+                k_weight.data_ptr() if k_weight is not None else 0,
+                positions.data_ptr(),
+                cos_sin_cache.data_ptr(),
+                q.stride(0),
+                k.stride(0),
+                tokens,
+                num_q_heads,
+                num_kv_heads,
+                head_dim,
+                np.float32(eps),
+            )
+        return q_out, k_out
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         checks.check_silu_and_mul(x, self.device)
@@ -314,15 +371,3 @@ class CudaBackend:
                 np.float32(scale * LOG2_E),
             )
         return out
-
-
-# Which cubin (source stem) holds each kernel.
-_MODULE_OF = {
-    "rms_norm": "elementwise",
-    "silu_and_mul": "elementwise",
-    "rotary_embedding": "elementwise",
-    "store_kv": "elementwise",
-    "decode_attention": "decode_attention",
-    "decode_reduce": "decode_attention",
-    "prefill_attention": "prefill_attention",
-}

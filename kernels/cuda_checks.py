@@ -2,6 +2,7 @@
 
 A kernel handed the wrong shape reads or writes out of bounds instead of failing, so each op checks
 shapes, dtypes, device and memory layout here and raises a ValueError that names the op and argument.
+The kernels' launch signatures (`SIGNATURES`, `SOURCE_OF`) are declared here too, once, pycuda-free.
 """
 
 from __future__ import annotations
@@ -13,11 +14,38 @@ import torch
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (64, 128)
+QK_NORM_HEAD_DIMS = (16, 32, 64, 128, 256, 512)  # head_dim / 16 threads per head: a power of two <= 32
 ALIGNMENT = 16  # bytes: kernels move 16-byte words
 DECODE_PARTITION = 512  # kPartition in decode_attention.cu: context tokens per split-K partition
 DECODE_MAX_SPLITS = 1024  # kMaxSplits
 
 DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+# Each kernel's parameters as PyCUDA prepared-call struct codes (P pointer, i int32, q int64, f float32),
+# and the source (cubin stem) that exports it; tests/unit/kernels/test_cuda_build.py checks both against
+# the C declarations in kernels/cuda/*.cu.
+SIGNATURES = {
+    "rms_norm": "PPPPPiif",
+    "fused_add_rms_norm": "PPPPiif",
+    "qk_norm_rotary": "PPPPPPPPqqiiiif",
+    "silu_and_mul": "PPi",
+    "rotary_embedding": "PPPPqqiii",
+    "store_kv": "PPPPPqqi",
+    "decode_attention": "PPPPPPPPPqiiiif",
+    "decode_reduce": "PPPPPii",
+    "prefill_attention": "PPPPPPPqiiiiif",
+}
+SOURCE_OF = {
+    "rms_norm": "elementwise",
+    "fused_add_rms_norm": "elementwise",
+    "qk_norm_rotary": "elementwise",
+    "silu_and_mul": "elementwise",
+    "rotary_embedding": "elementwise",
+    "store_kv": "elementwise",
+    "decode_attention": "decode_attention",
+    "decode_reduce": "decode_attention",
+    "prefill_attention": "prefill_attention",
+}
 
 
 def fail(op: str, message: str) -> ValueError:
@@ -72,9 +100,24 @@ def check_shape(op: str, name: str, tensor: torch.Tensor, shape: tuple[int, ...]
 def check_rms_norm(
     x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, device: torch.device
 ) -> None:
-    op = "rms_norm"
-    if x.dim() < 1:
-        raise fail(op, "x must have at least one dim")
+    check_norm("rms_norm", x, weight, residual, device)
+
+
+def check_fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, device: torch.device
+) -> None:
+    op = "fused_add_rms_norm"
+    if not isinstance(residual, torch.Tensor):
+        raise fail(op, "residual must be a torch.Tensor (it is updated in place)")
+    check_norm(op, x, weight, residual, device)
+
+
+def check_norm(
+    op: str, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, device: torch.device
+) -> None:
+    """What both norms share: contiguous rows of a multiple of 8, weight [hidden], one dtype."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise fail(op, "x must be a tensor with at least one dim")
     check_tensor(op, "x", x, device, ndim=x.dim(), dtypes=SUPPORTED_DTYPES)
     check_tensor(op, "weight", weight, device, ndim=1, dtypes=SUPPORTED_DTYPES)
     check_same_dtype(op, x, weight=weight, residual=residual)
@@ -101,7 +144,42 @@ def check_rotary(
     cos_sin_cache: torch.Tensor,
     device: torch.device,
 ) -> None:
-    op = "rotary_embedding"
+    check_rotary_inputs("rotary_embedding", positions, q, k, cos_sin_cache, device)
+
+
+def check_qk_norm_rotary(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    cos_sin_cache: torch.Tensor,
+    device: torch.device,
+) -> None:
+    """The rotary checks, a power-of-two head_dim (16..512: head_dim / 16 threads of a warp share a head)
+    and per-head weights [D] for both q and k, or for neither."""
+    op = "qk_norm_rotary"
+    check_rotary_inputs(op, positions, q, k, cos_sin_cache, device)
+    head_dim = q.shape[2]
+    if head_dim not in QK_NORM_HEAD_DIMS:
+        raise fail(op, f"head_dim {head_dim} is not supported (supported: {QK_NORM_HEAD_DIMS})")
+    if (q_weight is None) != (k_weight is None):
+        raise fail(op, "q_weight and k_weight must both be given (Qwen3) or both be None")
+    for name, weight in (("q_weight", q_weight), ("k_weight", k_weight)):
+        if weight is not None:
+            check_tensor(op, name, weight, device, ndim=1, dtypes=SUPPORTED_DTYPES)
+            check_same_dtype(op, q, **{name: weight})
+            check_shape(op, name, weight, (head_dim,))
+
+
+def check_rotary_inputs(
+    op: str,
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    device: torch.device,
+) -> None:
     check_tensor(op, "q", q, device, ndim=3, dtypes=SUPPORTED_DTYPES, contiguous=False)
     check_tensor(op, "k", k, device, ndim=3, dtypes=SUPPORTED_DTYPES, contiguous=False)
     check_same_dtype(op, q, k=k)

@@ -1,5 +1,5 @@
 """Start-up self-check: a candidate backend against the torch reference on small random inputs in the
-model's own shapes (every op, both attention paths, the split-K decode path too).
+model's own shapes (every op, the fused ones too, both attention paths, the split-K decode path too).
 
 Run once when the CUDA backend loads, it costs well under the 2 s budget on a GPU (a few dozen
 launches on inputs of a few hundred tokens). A wrong kernel is caught before the first request and
@@ -98,6 +98,11 @@ def _check_elementwise(candidate: KernelBackend, reference: KernelBackend, input
     ref_out, ref_residual = reference.rms_norm(x, weight, 1e-6, residual)
     compare("rms_norm(residual)", out, ref_out)
     compare("rms_norm(residual) residual", new_residual, ref_residual)
+    residual_in_place, ref_residual_in_place = residual.clone(), residual.clone()
+    out = candidate.fused_add_rms_norm(x, residual_in_place, weight, 1e-6)
+    ref_out = reference.fused_add_rms_norm(x, ref_residual_in_place, weight, 1e-6)
+    compare("fused_add_rms_norm", out, ref_out)
+    compare("fused_add_rms_norm residual", residual_in_place, ref_residual_in_place)
     if s.qk_norm:
         heads = inputs.randn(tokens, s.num_heads, s.head_dim)
         head_weight = inputs.randn(s.head_dim, scale=0.1) + 1
@@ -124,6 +129,7 @@ def _check_rotary_and_store(candidate: KernelBackend, reference: KernelBackend, 
     reference.rotary_embedding(positions, q_ref, k_ref, cos_sin)
     compare("rotary_embedding q", q, q_ref)
     compare("rotary_embedding k", k, k_ref)
+    _check_qk_norm_rotary(candidate, reference, inputs, positions, qkv, cos_sin)
     num_blocks = tokens // s.block_size + 4
     caches = [torch.full((num_blocks, s.block_size, s.num_kv_heads, s.head_dim), float("nan"),
                          dtype=s.dtype, device=inputs.device) for _ in range(2)]  # fmt: skip
@@ -134,6 +140,31 @@ def _check_rotary_and_store(candidate: KernelBackend, reference: KernelBackend, 
     reference.store_kv(k, v, *ref_caches, slots)
     compare("store_kv k_cache", caches[0], ref_caches[0])
     compare("store_kv v_cache", caches[1], ref_caches[1])
+
+
+def _check_qk_norm_rotary(
+    candidate: KernelBackend,
+    reference: KernelBackend,
+    inputs: _Inputs,
+    positions: torch.Tensor,
+    qkv: torch.Tensor,
+    cos_sin: torch.Tensor,
+) -> None:
+    """The fused op on the strided q/k views of qkv, with the model's norm (or none); qkv unchanged."""
+    s = inputs.shapes
+    tokens, q_size, kv_size = qkv.shape[0], s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+    q = qkv[:, :q_size].view(tokens, s.num_heads, s.head_dim)
+    k = qkv[:, q_size : q_size + kv_size].view(tokens, s.num_kv_heads, s.head_dim)
+    weights = (None, None)
+    if s.qk_norm:
+        weights = (inputs.randn(s.head_dim, scale=0.1) + 1, inputs.randn(s.head_dim, scale=0.1) + 1)
+    before = qkv.clone()
+    q_out, k_out = candidate.qk_norm_rotary(positions, q, k, *weights, 1e-6, cos_sin)
+    q_ref, k_ref = reference.qk_norm_rotary(positions, q, k, *weights, 1e-6, cos_sin)
+    if not torch.equal(qkv, before):
+        raise SelfCheckFailed("qk_norm_rotary", "wrote into its inputs (the qkv projection)")
+    compare("qk_norm_rotary q", q_out, q_ref)
+    compare("qk_norm_rotary k", k_out, k_ref)
 
 
 def _paged(inputs: _Inputs, context_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,6 +15,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -264,6 +266,20 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
   return {out, new_residual};
 }
 
+// residual += x in place, then returns norm(residual): rms_norm_impl reads each residual element before
+// it overwrites it, so the sum may land where the residual was.
+at::Tensor fused_add_rms_norm(const at::Tensor& x, at::Tensor& residual, const at::Tensor& weight, double eps) {
+  check_norm_args(x, weight, "fused_add_rms_norm");
+  check_cpu(residual, "fused_add_rms_norm", "residual");
+  TORCH_CHECK(residual.is_contiguous() && residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(),
+              "fused_add_rms_norm: residual must be contiguous, shaped and typed like x");
+  auto out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_add_rms_norm", [&] {
+    rms_norm_impl<scalar_t>(x, weight, eps, &residual, out, &residual);
+  });
+  return out;
+}
+
 // --- rotary embedding (NeoX, in place) ---------------------------------------------------------------
 template <typename T>
 void rotate_impl(const int64_t* positions, at::Tensor& x, const float* cos_sin, int64_t rot_dim) {
@@ -288,22 +304,88 @@ void rotate_impl(const int64_t* positions, at::Tensor& x, const float* cos_sin, 
   (void)head_dim;
 }
 
-void rotary_embedding(const at::Tensor& positions, at::Tensor& q, at::Tensor& k, const at::Tensor& cos_sin_cache) {
-  constexpr const char* op = "rotary_embedding";
+void check_rotary_args(const char* op, const at::Tensor& positions, const at::Tensor& x,
+                       const at::Tensor& cos_sin_cache) {
   TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous(), op,
               ": positions must be contiguous int64");
   TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat && cos_sin_cache.is_contiguous(), op,
               ": cos_sin_cache must be contiguous float32");
+  check_cpu(x, op, "q/k");
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.size(2) == cos_sin_cache.size(1), op,
+              ": q and k must be [T, H, D] with dense head dims and D = cos_sin_cache.size(1)");
+  TORCH_CHECK(x.size(0) == positions.size(0), op, ": one position per token");
+}
+
+void rotary_embedding(const at::Tensor& positions, at::Tensor& q, at::Tensor& k, const at::Tensor& cos_sin_cache) {
+  constexpr const char* op = "rotary_embedding";
   const int64_t rot_dim = cos_sin_cache.size(1);
   for (auto* x : {&q, &k}) {
-    check_cpu(*x, op, "q/k");
-    TORCH_CHECK(x->dim() == 3 && x->stride(2) == 1 && x->size(2) == rot_dim, op,
-                ": q and k must be [T, H, D] with dense head dims and D = cos_sin_cache.size(1)");
-    TORCH_CHECK(x->size(0) == positions.size(0), op, ": one position per token");
+    check_rotary_args(op, positions, *x, cos_sin_cache);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x->scalar_type(), op, [&] {
       rotate_impl<scalar_t>(positions.data_ptr<int64_t>(), *x, cos_sin_cache.data_ptr<float>(), rot_dim);
     });
   }
+}
+
+// --- q/k norm + rotary, fused (dense outputs) ---------------------------------------------------------
+// Each head of x [T, H, D] (strided tokens) is optionally RMS-normalized with weight [D], rounded as
+// rms_norm rounds, then rotated as rotary_embedding rotates, into a dense out [T, H, D].
+template <typename T>
+void qk_norm_rotary_impl(const int64_t* positions, const at::Tensor& x, const T* weight, double eps,
+                         const float* cos_sin, at::Tensor& out) {
+  const int64_t num_tokens = x.size(0), heads = x.size(1), head_dim = x.size(2), half = head_dim / 2;
+  const int64_t token_stride = x.stride(0), head_stride = x.stride(1);
+  const T* src = x.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  at::parallel_for(0, num_tokens, grain_rows(heads * head_dim), [&](int64_t begin, int64_t end) {
+    std::vector<float> row(head_dim);
+    for (int64_t t = begin; t < end; ++t) {
+      const float* cos = cos_sin + positions[t] * head_dim;
+      const float* sin = cos + half;
+      for (int64_t h = 0; h < heads; ++h) {
+        load_row(src + t * token_stride + h * head_stride, row.data(), head_dim);
+        if (weight != nullptr) {
+          const float inv = 1.f / std::sqrt(dot(row.data(), row.data(), head_dim) / head_dim + static_cast<float>(eps));
+          for (int64_t i = 0; i < head_dim; ++i) {
+            const float normed = static_cast<float>(static_cast<T>(row[i] * inv));
+            row[i] = static_cast<float>(static_cast<T>(static_cast<float>(weight[i]) * normed));
+          }
+        }
+        T* o = dst + (t * heads + h) * head_dim;
+#pragma omp simd
+        for (int64_t i = 0; i < half; ++i) {
+          o[i] = static_cast<T>(row[i] * cos[i] - row[i + half] * sin[i]);
+          o[i + half] = static_cast<T>(row[i + half] * cos[i] + row[i] * sin[i]);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor qk_norm_rotary_one(const char* op, const at::Tensor& positions, const at::Tensor& x,
+                              const std::optional<at::Tensor>& weight, double eps, const at::Tensor& cos_sin_cache) {
+  check_rotary_args(op, positions, x, cos_sin_cache);
+  TORCH_CHECK(x.stride(1) == x.size(2), op, ": q and k must have dense heads");
+  if (weight.has_value()) {
+    TORCH_CHECK(weight->is_contiguous() && weight->numel() == x.size(2) && weight->scalar_type() == x.scalar_type(),
+                op, ": weights must be contiguous [D] in q's dtype");
+  }
+  auto out = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "qk_norm_rotary", [&] {
+    const scalar_t* w = weight.has_value() ? weight->data_ptr<scalar_t>() : nullptr;
+    qk_norm_rotary_impl<scalar_t>(positions.data_ptr<int64_t>(), x, w, eps, cos_sin_cache.data_ptr<float>(), out);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> qk_norm_rotary(const at::Tensor& positions, const at::Tensor& q,
+                                                  const at::Tensor& k, const std::optional<at::Tensor>& q_weight,
+                                                  const std::optional<at::Tensor>& k_weight, double eps,
+                                                  const at::Tensor& cos_sin_cache) {
+  constexpr const char* op = "qk_norm_rotary";
+  TORCH_CHECK(q_weight.has_value() == k_weight.has_value(), op, ": q_weight and k_weight: both or neither");
+  return {qk_norm_rotary_one(op, positions, q, q_weight, eps, cos_sin_cache),
+          qk_norm_rotary_one(op, positions, k, k_weight, eps, cos_sin_cache)};
 }
 
 }  // namespace
@@ -315,6 +397,9 @@ TORCH_LIBRARY(mili_cpu, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("rotary_embedding(Tensor positions, Tensor(a!) q, Tensor(b!) k, Tensor cos_sin_cache) -> ()");
+  m.def("fused_add_rms_norm(Tensor x, Tensor(a!) residual, Tensor weight, float eps) -> Tensor");
+  m.def("qk_norm_rotary(Tensor positions, Tensor q, Tensor k, Tensor? q_weight, Tensor? k_weight, float eps, "
+        "Tensor cos_sin_cache) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mili_cpu, CPU, m) {
@@ -324,4 +409,6 @@ TORCH_LIBRARY_IMPL(mili_cpu, CPU, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("add_rms_norm", &add_rms_norm);
   m.impl("rotary_embedding", &rotary_embedding);
+  m.impl("fused_add_rms_norm", &fused_add_rms_norm);
+  m.impl("qk_norm_rotary", &qk_norm_rotary);
 }

@@ -52,8 +52,19 @@ class Report:
     timings: list[dict] = field(default_factory=list)
     engine: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    launches: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    deadline: float | None = None  # time.time() after which checks are skipped, not started
+
+    def out_of_time(self, needs_s: float = 0.0) -> bool:
+        """Past the deadline, or too close to it for a step that needs ``needs_s`` seconds."""
+        return self.deadline is not None and time.time() + needs_s > self.deadline
 
     def check(self, name: str, fn: Callable[[], None]) -> None:
+        if self.out_of_time():
+            self.skipped.append(name)
+            print(f"SKIP {name}: past the time budget", flush=True)
+            return
         try:
             fn()
         except Exception as exc:
@@ -184,6 +195,10 @@ def check_elementwise(env: Env, report: Report, dtype: torch.dtype) -> None:
                     check_against_fp32("rms_norm residual", res, ref_res)
 
         report.check(f"rms_norm {tag} T={tokens} H={hidden}", rms)
+        report.check(
+            f"fused_add_rms_norm {tag} T={tokens} H={hidden}",
+            lambda tokens=tokens, hidden=hidden: fused_add_rms_norm(env, dtype, tokens, hidden),
+        )
 
     def rms_per_head() -> None:
         tokens, heads, d = (300, 32, 128) if not env.dry_run else (5, 4, 64)
@@ -216,6 +231,11 @@ def check_elementwise(env: Env, report: Report, dtype: torch.dtype) -> None:
             f"rotary_embedding {tag} {model}", lambda hq=hq, hk=hk, d=d: rotary(env, dtype, hq, hk, d)
         )
         report.check(f"store_kv {tag} {model}", lambda hk=hk, d=d: store(env, dtype, hk, d))
+        for qk_norm in (True, False):
+            report.check(
+                f"qk_norm_rotary {tag} {model} {'qwen3 norm' if qk_norm else 'no norm'}",
+                lambda hq=hq, hk=hk, d=d, qk_norm=qk_norm: qk_norm_rotary(env, dtype, hq, hk, d, qk_norm),
+            )
 
 
 def rope_cache(env: Env, head_dim: int, max_positions: int = 8192) -> torch.Tensor:
@@ -238,6 +258,42 @@ def rotary(env: Env, dtype: torch.dtype, hq: int, hk: int, d: int) -> None:
     assert_unchanged("rotary (positions, cache, v)", before, (positions, cache, qkv[:, (hq + hk) * d :]))
     check_against_fp32("rotary q", q, q32)
     check_against_fp32("rotary k", k, k32)
+
+
+def fused_add_rms_norm(env: Env, dtype: torch.dtype, tokens: int, hidden: int) -> None:
+    """In place: the residual must end as x + residual, the output is fresh (poisoned) memory."""
+    x, residual = randn(env, tokens, hidden, dtype=dtype), randn(env, tokens, hidden, dtype=dtype)
+    w = randn(env, hidden, dtype=dtype, scale=0.5) + 1
+    before = snapshot(x, w)
+    residual32 = residual.to(torch.float32, copy=True)  # a copy even when residual is float32
+    ranges = poison(env, ((tokens, hidden), dtype))
+    out = env.candidate.fused_add_rms_norm(x, residual, w, 1e-6)
+    assert_poisoned(env, "fused_add_rms_norm", [out], ranges)
+    assert_unchanged("fused_add_rms_norm (x, weight)", before, (x, w))
+    expected32 = env.reference.fused_add_rms_norm(x.float(), residual32, w.float(), 1e-6)
+    check_against_fp32("fused_add_rms_norm", out, expected32)
+    check_against_fp32("fused_add_rms_norm residual", residual, residual32)
+
+
+def qk_norm_rotary(env: Env, dtype: torch.dtype, hq: int, hk: int, d: int, qk_norm: bool) -> None:
+    """On the strided q/k views of a fused qkv, as the model calls it; qkv itself stays unchanged."""
+    tokens = 5 if env.dry_run else 300
+    cache = rope_cache(env, d)
+    positions = randint(env, 0, cache.shape[0], tokens)
+    qkv = randn(env, tokens, (hq + 2 * hk) * d, dtype=dtype)
+    q, k = qkv[:, : hq * d].view(tokens, hq, d), qkv[:, hq * d : (hq + hk) * d].view(tokens, hk, d)
+    weights = (None, None)
+    if qk_norm:
+        weights = (randn(env, d, dtype=dtype, scale=0.5) + 1, randn(env, d, dtype=dtype, scale=0.5) + 1)
+    inputs = (qkv, positions, cache, *[w for w in weights if w is not None])
+    before = snapshot(*inputs)
+    ranges = poison(env, ((tokens, hq, d), dtype), ((tokens, hk, d), dtype))
+    q_out, k_out = env.candidate.qk_norm_rotary(positions, q, k, *weights, 1e-6, cache)
+    assert_poisoned(env, "qk_norm_rotary", [q_out, k_out], ranges)
+    assert_unchanged("qk_norm_rotary (qkv, positions, cache, weights)", before, inputs)
+    q32, k32 = env.reference.qk_norm_rotary(positions, *as_float32((q, k, *weights)), 1e-6, cache)
+    check_against_fp32("qk_norm_rotary q", q_out, q32)
+    check_against_fp32("qk_norm_rotary k", k_out, k32)
 
 
 def store(env: Env, dtype: torch.dtype, hk: int, d: int) -> None:
@@ -389,6 +445,9 @@ def sanitizer_smoke(env: Env) -> int:
     env.candidate.rms_norm(x, w, 1e-6, x.clone())
     env.candidate.silu_and_mul(randn(env, 5, 512, dtype=torch.float32))
     rotary(env, torch.float32, 8, 2, 128)
+    fused_add_rms_norm(env, torch.float32, 5, 256)
+    qk_norm_rotary(env, torch.float32, 8, 2, 128, qk_norm=True)
+    qk_norm_rotary(env, torch.float32, 8, 2, 64, qk_norm=False)
     store(env, torch.float32, 2, 128)
     if env.on_gpu:
         torch.cuda.synchronize(env.device)
@@ -541,6 +600,11 @@ def engine_benchmark(env: Env, report: Report, layers_8b: int) -> None:
     batches = ENGINE_BATCHES if not env.dry_run else (1, 4)
     prompt_len, steps = (128, 32) if not env.dry_run else (8, 4)
     for shape in engine_models(env, layers_8b):
+        # a guess at what one model's runs take on an H200 (build, three loads, captures, 4 batches)
+        if report.out_of_time(needs_s=0 if env.dry_run else 60 + shape.layers * 3):
+            report.skipped.append(f"engine benchmark {shape.name}")
+            print(f"SKIP engine benchmark {shape.name}: past the time budget", flush=True)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp)
             make_random_qwen3(model_dir, shape, env.device)
@@ -706,6 +770,15 @@ def benchmark(env: Env, report: Report) -> None:
         "torch ops",
         elementwise,
     )
+    row(
+        "fused_add_rms_norm",
+        f"T={tokens} H={hidden} in place",
+        4 * tokens * hidden * e,
+        lambda: cand.fused_add_rms_norm(x, r, w, 1e-6),
+        lambda: ref.fused_add_rms_norm(x, r, w, 1e-6),
+        "torch ops",
+        elementwise,
+    )
     heads = randn(env, tokens, 8, 128, dtype=dtype)
     hw = randn(env, 128, dtype=dtype)
     row(
@@ -740,6 +813,27 @@ def benchmark(env: Env, report: Report) -> None:
         lambda: ref.rotary_embedding(positions, q, k, cache),
         "torch ops",
         elementwise,
+    )
+    qkv = randn(env, tokens, (hq + 2 * hk) * d, dtype=dtype)
+    qv, kv = qkv[:, : hq * d].view(tokens, hq, d), qkv[:, hq * d : (hq + hk) * d].view(tokens, hk, d)
+    qw, kw = randn(env, d, dtype=dtype) + 1, randn(env, d, dtype=dtype) + 1
+    qk_bytes = 2 * tokens * (hq + hk) * d * e + tokens * d * 4
+    row(
+        "qk_norm_rotary",
+        f"T={tokens} Hq={hq} Hk={hk} from qkv",
+        qk_bytes,
+        lambda: cand.qk_norm_rotary(positions, qv, kv, qw, kw, 1e-6, cache),
+        lambda: ref.qk_norm_rotary(positions, qv, kv, qw, kw, 1e-6, cache),
+        "torch ops",
+        elementwise,
+    )
+    row(
+        "qk_norm_rotary",
+        f"T={tokens} Hq={hq} Hk={hk} from qkv",
+        qk_bytes,
+        lambda: cand.qk_norm_rotary(positions, qv, kv, qw, kw, 1e-6, cache),
+        lambda: unfused_qk_norm_rotary(cand, positions, qv, kv, qw, kw, cache),
+        "ours unfused (5 launches)",
     )
     kc = torch.empty(tokens // 16 + 1, 16, hk, d, dtype=dtype, device=env.device)
     vc = torch.empty_like(kc)
@@ -792,15 +886,93 @@ def benchmark(env: Env, report: Report) -> None:
             ("vs_torch", TARGETS["prefill_vs_sdpa"]),
         )
 
-    # Per-launch overhead: our PyCUDA launch path against one torch kernel launch, on a tiny input.
-    tiny, tiny_w = randn(env, 1, 1024, dtype=dtype), randn(env, 1024, dtype=dtype)
-    ours_us = host_us_per_call(env, lambda: cand.rms_norm(tiny, tiny_w, 1e-6))
-    torch_us = host_us_per_call(env, lambda: F.rms_norm(tiny, (1024,), tiny_w, 1e-6))
-    add_us = host_us_per_call(env, lambda: tiny.add(tiny))
-    report.notes.append(
-        f"launch overhead (host us per call, T=1 H=1024 rms_norm): ours {ours_us:.1f}, torch F.rms_norm "
-        f"{torch_us:.1f}, one torch add {add_us:.1f}"
-    )
+
+def unfused_qk_norm_rotary(backend, positions, q, k, q_weight, k_weight, cache):
+    """What the model ran before the fusion: dense copies of q and k, a norm of each, rotary in place."""
+    q, k = q.contiguous(), k.contiguous()
+    q, k = backend.rms_norm(q, q_weight, 1e-6)[0], backend.rms_norm(k, k_weight, 1e-6)[0]
+    backend.rotary_embedding(positions, q, k, cache)
+    return q, k
+
+
+def graph_us_per_call(env: Env, fn: Callable[[], object], calls: int = 100) -> float:
+    """Device time per call of ``calls`` back-to-back calls captured in one CUDA graph (no host cost
+    left: what a launch costs inside the engine's decode graphs). On CPU (dry run) the same callable
+    runs eagerly: there are no graphs to capture."""
+    if not env.on_gpu:
+        return host_us_per_call(env, fn, calls)
+    side = torch.cuda.Stream(env.device)
+    side.wait_stream(torch.cuda.current_stream(env.device))
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture wants
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(env.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize(env.device)
+    replays = 5
+    started = time.perf_counter()
+    for _ in range(replays):
+        graph.replay()
+    torch.cuda.synchronize(env.device)
+    elapsed = time.perf_counter() - started
+    del graph
+    return elapsed / (replays * calls) * 1e6
+
+
+def launch_overhead(env: Env, report: Report) -> None:
+    """Microseconds per call on tiny inputs (one decode token of Qwen3-8B's shapes), eager and inside a
+    CUDA graph: our PyCUDA launches against torch's, and the fusions against what they replace."""
+    dtype, (hq, hk, d), hidden = torch.bfloat16, HEAD_SHAPES["qwen3-8b"], 4096
+    cand, ref = env.candidate, env.reference
+    x, r = randn(env, 1, hidden, dtype=dtype), randn(env, 1, hidden, dtype=dtype)
+    w = randn(env, hidden, dtype=dtype)
+    qkv = randn(env, 1, (hq + 2 * hk) * d, dtype=dtype)
+    q, k = qkv[:, : hq * d].view(1, hq, d), qkv[:, hq * d : (hq + hk) * d].view(1, hk, d)
+    qw, kw = randn(env, d, dtype=dtype) + 1, randn(env, d, dtype=dtype) + 1
+    cache = rope_cache(env, d)
+    positions = randint(env, 0, cache.shape[0], 1)
+    cases = {
+        "rms_norm (one launch each)": (
+            lambda: cand.rms_norm(x, w, 1e-6),
+            lambda: F.rms_norm(x, (hidden,), w, 1e-6),
+            "F.rms_norm",
+        ),
+        "fused_add_rms_norm": (
+            lambda: cand.fused_add_rms_norm(x, r, w, 1e-6),
+            lambda: ref.fused_add_rms_norm(x, r, w, 1e-6),
+            "torch ops",
+        ),
+        "qk_norm_rotary": (
+            lambda: cand.qk_norm_rotary(positions, q, k, qw, kw, 1e-6, cache),
+            lambda: ref.qk_norm_rotary(positions, q, k, qw, kw, 1e-6, cache),
+            "torch ops",
+        ),
+        "qk_norm_rotary vs ours unfused": (
+            lambda: cand.qk_norm_rotary(positions, q, k, qw, kw, 1e-6, cache),
+            lambda: unfused_qk_norm_rotary(cand, positions, q, k, qw, kw, cache),
+            "ours unfused (5 launches)",
+        ),
+    }
+    for name, (ours, theirs, theirs_name) in cases.items():
+        entry = {
+            "op": name,
+            "other": theirs_name,
+            "ours_eager_us": round(host_us_per_call(env, ours), 2),
+            "other_eager_us": round(host_us_per_call(env, theirs), 2),
+            "ours_graph_us": round(graph_us_per_call(env, ours), 2),
+            "other_graph_us": round(graph_us_per_call(env, theirs), 2),
+        }
+        report.launches.append(entry)
+        print(
+            f"launch {name:32s} eager: ours {entry['ours_eager_us']:7.1f} us, {theirs_name} "
+            f"{entry['other_eager_us']:7.1f}; in a graph: ours {entry['ours_graph_us']:7.1f}, "
+            f"{theirs_name} {entry['other_graph_us']:7.1f}",
+            flush=True,
+        )
 
 
 def format_table(report: Report) -> str:
@@ -814,6 +986,19 @@ def format_table(report: Report) -> str:
             f"{t['of_bandwidth']:.0%} | {t['torch']} | {t['torch_ms']:.3f} | {t['speedup_vs_torch']:.2f}x | "
             f"{t.get('target', '')} |"
         )
+    if report.launches:
+        lines += [
+            "",
+            "| launch (T=1, 8B shapes) | ours eager us | other | other eager us | ours in graph us | "
+            "other in graph us |",
+            "|---|---|---|---|---|---|",
+        ]
+        for entry in report.launches:
+            lines.append(
+                f"| {entry['op']} | {entry['ours_eager_us']:.1f} | {entry['other']} | "
+                f"{entry['other_eager_us']:.1f} | {entry['ours_graph_us']:.1f} | "
+                f"{entry['other_graph_us']:.1f} |"
+            )
     if report.engine:
         goal = TARGETS["engine_vs_hf"]
         lines += [
@@ -861,6 +1046,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sanitizer-smoke", action="store_true", help="one small case of each kernel, then exit"
     )
     parser.add_argument("--layers-8b", type=int, default=12, help="layers of the 8B-shaped model (of 36)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        help="unix time after which no further check starts (they are listed as skipped; exit status 5)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     if not args.dry_run and not torch.cuda.is_available():
@@ -869,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
     env = make_env(args)
     if args.sanitizer_smoke:
         return sanitizer_smoke(env)
-    report = Report()
+    report = Report(deadline=args.deadline)
 
     print("== kernels", flush=True)
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
@@ -891,6 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_bench:
         print("== timing (bf16)", flush=True)
         report.check("kernel benchmark", lambda: benchmark(env, report))
+        report.check("launch overhead", lambda: launch_overhead(env, report))
         if not args.skip_engine:
             report.check("engine benchmark", lambda: engine_benchmark(env, report, args.layers_8b))
 
@@ -899,13 +1090,18 @@ def main(argv: list[str] | None = None) -> int:
     for note in report.notes:
         print(f"note: {note}")
     elapsed = time.monotonic() - started
-    print(f"total: {len(report.passed)} passed, {len(report.failed)} failed in {elapsed:.0f} s")
+    print(
+        f"total: {len(report.passed)} passed, {len(report.failed)} failed, {len(report.skipped)} skipped "
+        f"in {elapsed:.0f} s"
+    )
     for failure in report.failed:
         print(f"FAILED {failure}")
+    for name in report.skipped:
+        print(f"SKIPPED (time budget) {name}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(report.__dict__, indent=1))
     (args.out / "gpu_check_table.md").write_text(table + "\n")
-    return 1 if report.failed else 0
+    return 1 if report.failed else 5 if report.skipped else 0
 
 
 if __name__ == "__main__":

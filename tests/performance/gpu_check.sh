@@ -10,8 +10,12 @@
 #              argument checks standing in for the kernels (checks the script itself)
 #   --quick    fewer cases (a smoke run)
 # env: MILI_GPU_WHEELHOUSE (default .gpu-wheelhouse, filled by make_gpu_wheelhouse.sh),
-#      PYTHON (default python3), OUT (results folder; the device tool sets it), CUDA_HOME.
+#      PYTHON (default python3), OUT (results folder; the device tool sets it), CUDA_HOME,
+#      MILI_GPU_CHECK_BUDGET_S (default 450 on a GPU, 1800 dry): seconds from this script's start after
+#      which gpu_check.py starts no further check (those are listed as skipped, exit status 5), so the
+#      whole run ends inside the device's time limit with its results written.
 set -euo pipefail
+started=$(date +%s)
 cd "$(dirname "$0")/../.."
 root=$PWD
 python=${PYTHON:-python3}
@@ -22,6 +26,8 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$out_dir"
 dry_run=0
 for arg in "$@"; do [[ $arg == --dry-run ]] && dry_run=1; done
+budget=${MILI_GPU_CHECK_BUDGET_S:-$((dry_run ? 1800 : 450))}
+deadline=$((started + budget))
 log() { printf '[gpu_check %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 # mili without installing it: a namespace package whose subpackages point at the checkout.
@@ -101,7 +107,7 @@ log "start (dry run: $dry_run)"
 if ((dry_run)); then
   # The same steps as on a GPU, on CPU: the sanitizer's smoke cases (without the sanitizer), then all.
   "$python" tests/performance/gpu_check.py --sanitizer-smoke "$@"
-  "$python" tests/performance/gpu_check.py --out "$out_dir" "$@"
+  "$python" tests/performance/gpu_check.py --out "$out_dir" --deadline "$deadline" "$@"
   exit
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
@@ -121,7 +127,7 @@ else
   log "compute-sanitizer not found (PATH, \$CUDA_HOME/bin): memcheck NOT run"
   status=4
 fi
-log "running checks"
-"$python" tests/performance/gpu_check.py --out "$out_dir" "$@" || status=$?
+log "running checks ($((deadline - $(date +%s))) s of the budget left)"
+"$python" tests/performance/gpu_check.py --out "$out_dir" --deadline "$deadline" "$@" || status=$?
 log "done (status $status)"
 exit "$status"

@@ -233,9 +233,8 @@ class ModelRunner:
             slots.extend(table[p // size] * size + p % size for p in range(start, end))
             if entry.samples:
                 logits_rows.append(len(token_ids) - 1)
-        device = self.device
         context = AttentionContext(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+            slot_mapping=self._upload(slots, torch.long),
             num_decode_tokens=len(batch.decodes),
         )
         if batch.decodes:
@@ -249,16 +248,25 @@ class ModelRunner:
             )
             context.prefill_block_tables = self._block_tables(batch.prefills)
         return (
-            torch.tensor(token_ids, dtype=torch.long, device=device),
-            torch.tensor(positions, dtype=torch.long, device=device),
+            self._upload(token_ids, torch.long),
+            self._upload(positions, torch.long),
             context,
-            torch.tensor(logits_rows, dtype=torch.long, device=device),
+            self._upload(logits_rows, torch.long),
         )
 
     def _block_tables(self, entries: list[ScheduledSequence]) -> torch.Tensor:
         width = max(len(e.seq.block_table) for e in entries)
         rows = [e.seq.block_table + [-1] * (width - len(e.seq.block_table)) for e in entries]
-        return torch.tensor(rows, dtype=torch.int32, device=self.device)
+        return self._upload(rows, torch.int32)
 
     def _int32(self, values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int32, device=self.device)
+        return self._upload(values, torch.int32)
+
+    def _upload(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """A step's host-built index tensor on the model's device. On a GPU it goes through pinned
+        memory without waiting: a pageable copy would synchronize the stream, once per tensor, and the
+        step's one synchronization is the sampler's."""
+        host = torch.tensor(values, dtype=dtype)
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)

@@ -23,10 +23,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.backend = backend
 
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.backend.rms_norm(x, self.weight, self.eps, residual)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``norm(x)``; with ``residual``: ``residual += x`` in place, then ``norm(residual)`` (one pass)."""
+        if residual is None:
+            return self.backend.rms_norm(x, self.weight, self.eps)[0]
+        return self.backend.fused_add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class PackedLinear(nn.Linear):
@@ -63,6 +64,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, backend) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, backend) if config.qk_norm else None
+        self.qk_norm_eps = config.rms_norm_eps
         self.backend = backend
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -80,17 +82,20 @@ class Attention(nn.Module):
             ],
             dim=-1,
         )
-        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
-        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        # q and k are strided views of qkv: the norm kernels and the paged cache want them dense (the
-        # norm's output is a fresh dense tensor; rotary then rotates it in place).
-        q, k = q.contiguous(), k.contiguous()
-        if self.q_norm is not None:
-            q = self.q_norm(q)[0]
-            k = self.k_norm(k)[0]
-        self.backend.rotary_embedding(positions, q, k, cos_sin_cache)
-        out = self.attend(q, k, v.contiguous())
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        # One op reads the strided q/k views of qkv and writes them dense, normed (Qwen3) and rotated.
+        q, k = self.backend.qk_norm_rotary(
+            positions,
+            q,
+            k,
+            self.q_norm.weight if self.q_norm is not None else None,
+            self.k_norm.weight if self.k_norm is not None else None,
+            self.qk_norm_eps,
+            cos_sin_cache,
+        )
+        out = self.attend(q, k, v)  # store_kv takes v's strided view as it is
         return self.o_proj(out.reshape(num_tokens, -1))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -152,12 +157,12 @@ class DecoderLayer(nn.Module):
         cos_sin: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)[0]
+            residual = hidden  # the embedding output: from here on updated in place
+            hidden = self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            hidden = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden, cos_sin)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        hidden = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
 
@@ -175,7 +180,7 @@ class DecoderModel(nn.Module):
         residual = None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual, cos_sin)
-        return self.norm(hidden, residual)[0]
+        return self.norm(hidden, residual)
 
 
 class CausalLM(nn.Module):

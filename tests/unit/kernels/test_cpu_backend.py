@@ -52,6 +52,33 @@ def test_rms_norm(cpu, dtype, residual):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_add_rms_norm_updates_the_residual_in_place(cpu, dtype):
+    x, res = torch.randn(7, 96).to(dtype), torch.randn(7, 96).to(dtype)
+    weight = (torch.rand(96) + 0.5).to(dtype)
+    res_ref = res.clone()
+    out = cpu.fused_add_rms_norm(x, res, weight, 1e-6)
+    close(out, reference.fused_add_rms_norm(x, res_ref, weight, 1e-6), dtype)
+    close(res, res_ref, dtype)
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_qk_norm_rotary_on_strided_views(cpu, dtype, qk_norm):
+    head_dim, positions = 64, torch.tensor([0, 5, 17, 3])
+    cos_sin = torch.randn(32, head_dim)
+    qkv = torch.randn(4, (4 + 2 + 2) * head_dim).to(dtype)
+    q = qkv[:, : 4 * head_dim].view(4, 4, head_dim)
+    k = qkv[:, 4 * head_dim : 6 * head_dim].view(4, 2, head_dim)
+    weights = [(torch.rand(head_dim) + 0.5).to(dtype) for _ in range(2)] if qk_norm else [None, None]
+    before = qkv.clone()
+    q_out, k_out = cpu.qk_norm_rotary(positions, q, k, *weights, 1e-6, cos_sin)
+    q_ref, k_ref = reference.qk_norm_rotary(positions, q, k, *weights, 1e-6, cos_sin)
+    assert torch.equal(qkv, before) and q_out.is_contiguous() and k_out.is_contiguous()
+    close(q_out, q_ref, dtype)
+    close(k_out, k_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul(cpu, dtype):
     x = torch.randn(5, 2 * 80).to(dtype)
     close(cpu.silu_and_mul(x), reference.silu_and_mul(x), dtype)

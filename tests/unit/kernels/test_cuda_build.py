@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from mili.kernels import cuda_build
+from mili.kernels import cuda_checks as checks
 from mili_testing import require_binary
 
 ARCHS = ("sm_80", "sm_90")
@@ -16,7 +18,14 @@ HEAD_DIMS = (64, 128)
 EXPECTED_KERNELS = {
     "elementwise": {
         f"{op}_{dtype}"
-        for op in ("rms_norm", "silu_and_mul", "rotary_embedding", "store_kv")
+        for op in (
+            "rms_norm",
+            "fused_add_rms_norm",
+            "silu_and_mul",
+            "rotary_embedding",
+            "qk_norm_rotary",
+            "store_kv",
+        )
         for dtype in DTYPES
     },
     "decode_attention": {
@@ -134,3 +143,35 @@ def test_missing_nvcc_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("MILI_CACHE_DIR", str(tmp_path))
     with pytest.raises(cuda_build.KernelBuildError, match="MILI_NVCC"):
         cuda_build.find_cubins("sm_90")
+
+
+# `extern "C" __global__ void __launch_bounds__(...) NAME_##SUFFIX...(PARAMETERS)` in an export macro
+EXPORT = re.compile(
+    r'extern "C" __global__ void __launch_bounds__\([^)]*\)\s*(\w+?)_##SUFFIX[\w#]*\(([^)]*)\)'
+)
+SCALAR_CODES = {"int64_t": "q", "int": "i", "float": "f"}
+
+
+def struct_code(parameter: str) -> str:
+    """PyCUDA's struct code for one C parameter declaration: ``const T* q`` -> P, ``int64_t n`` -> q."""
+    if "*" in parameter:
+        return "P"
+    return SCALAR_CODES[parameter.split()[-2]]
+
+
+def c_signatures() -> dict[str, tuple[str, str]]:
+    """Every exported kernel family in kernels/cuda/*.cu: name -> (struct codes, source stem)."""
+    found = {}
+    for source in cuda_build.SOURCE_DIR.glob("*.cu"):
+        text = source.read_text().replace("\\\n", " ")
+        for name, parameters in EXPORT.findall(text):
+            codes = "".join(struct_code(p.strip()) for p in parameters.split(","))
+            found[name] = (codes, source.stem)
+    return found
+
+
+def test_launcher_signatures_match_the_c_declarations() -> None:
+    # The struct codes are the only copy of each signature on the Python side: they must say what C says.
+    declared = c_signatures()
+    launched = {name: (codes, checks.SOURCE_OF[name]) for name, codes in checks.SIGNATURES.items()}
+    assert declared == launched

@@ -103,3 +103,31 @@ def test_rotary_store_kv_and_silu_checks() -> None:
         checks.check_store_kv(kv, kv, cache(), cache(), torch.tensor([0, 1]), CPU)
     with pytest.raises(ValueError, match="silu_and_mul: x's last dim 24"):
         checks.check_silu_and_mul(torch.zeros(2, 24), CPU)
+
+
+def test_fused_add_rms_norm_needs_a_matching_residual() -> None:
+    x, weight = torch.zeros(4, 64, dtype=torch.bfloat16), torch.ones(64, dtype=torch.bfloat16)
+    checks.check_fused_add_rms_norm(x, x.clone(), weight, CPU)
+    with pytest.raises(ValueError, match=r"fused_add_rms_norm: residual must be a torch\.Tensor"):
+        checks.check_fused_add_rms_norm(x, None, weight, CPU)
+    with pytest.raises(ValueError, match=r"fused_add_rms_norm: residual must have shape \(4, 64\)"):
+        checks.check_fused_add_rms_norm(x, torch.zeros(2, 64, dtype=torch.bfloat16), weight, CPU)
+    with pytest.raises(ValueError, match="fused_add_rms_norm: residual must be contiguous"):
+        checks.check_fused_add_rms_norm(x, torch.zeros(64, 4, dtype=torch.bfloat16).t(), weight, CPU)
+
+
+def test_qk_norm_rotary_takes_strided_qkv_views_and_both_weights_or_neither() -> None:
+    qkv = torch.zeros(3, (4 + 2 + 2) * 64, dtype=torch.bfloat16)
+    q, k = qkv[:, :256].view(3, 4, 64), qkv[:, 256:384].view(3, 2, 64)
+    weight, rope = torch.ones(64, dtype=torch.bfloat16), torch.zeros(10, 64)
+    checks.check_qk_norm_rotary(torch.arange(3), q, k, weight, weight, rope, CPU)
+    checks.check_qk_norm_rotary(torch.arange(3), q, k, None, None, rope, CPU)
+    with pytest.raises(ValueError, match="qk_norm_rotary: q_weight and k_weight must both be given"):
+        checks.check_qk_norm_rotary(torch.arange(3), q, k, weight, None, rope, CPU)
+    with pytest.raises(ValueError, match=r"qk_norm_rotary: k_weight must have shape \(64,\)"):
+        checks.check_qk_norm_rotary(torch.arange(3), q, k, weight, weight[:32], rope, CPU)
+    with pytest.raises(ValueError, match=r"qk_norm_rotary: q_weight has dtype torch\.float32"):
+        checks.check_qk_norm_rotary(torch.arange(3), q, k, weight.float(), weight, rope, CPU)
+    q48, k48 = torch.zeros(3, 4, 48), torch.zeros(3, 2, 48)
+    with pytest.raises(ValueError, match="qk_norm_rotary: head_dim 48 is not supported"):
+        checks.check_qk_norm_rotary(torch.arange(3), q48, k48, None, None, torch.zeros(10, 48), CPU)

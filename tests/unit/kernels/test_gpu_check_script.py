@@ -58,8 +58,19 @@ def test_dry_run_passes_every_step_on_cpu(tmp_path: Path) -> None:
     assert report["failed"] == []
     passed = " ".join(report["passed"])
     steps = ["rms_norm", "per-head 3-D", "gqa8", "decode float32", "peaky", "prefill", "start-up self-check"]
-    for step in [*steps, "graphs == eager", "kernel benchmark", "engine benchmark"]:
+    fused = ["fused_add_rms_norm", "qk_norm_rotary bfloat16 qwen3-8b qwen3 norm", "qk_norm_rotary float32"]
+    for step in [
+        *steps,
+        *fused,
+        "graphs == eager",
+        "kernel benchmark",
+        "launch overhead",
+        "engine benchmark",
+    ]:
         assert step in passed, step
+    assert report["skipped"] == []
+    assert {"fused_add_rms_norm", "qk_norm_rotary"} <= {t["kernel"] for t in report["timings"]}
+    assert {row["op"] for row in report["launches"]} >= {"fused_add_rms_norm", "qk_norm_rotary"}
     assert {row["batch"] for row in report["engine"]} == {1, 4}
     assert {"eager", "graphs", "hf"} <= set(report["engine"][0])
     assert any(t["kernel"] == "prefill_attention" and t["torch"] == "SDPA" for t in report["timings"])
