@@ -1,0 +1,114 @@
+"""vllm-router's ``kv_aware`` policy fed by real MILI workers' KV events (worker/kv_events.py).
+
+The proof of precise routing: a prompt computed on worker A is routed to A; A then evicts it and
+worker B computes it; the router now routes it to B, and B serves it from its prefix cache. A router
+that guessed from what it sent itself would still pick A. Run twice: with the event sources given
+statically (``--kv-event-source``) and with the router learning them from the workers
+(``/get_server_info`` + ``/kv_event_sources``), as it does for pods it finds by service discovery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+from integration.router.conftest import API_KEY
+from integration.router.processes import BLOCK_SIZE, NUM_KV_BLOCKS, SERVED_NAME, Router, Worker
+
+from mili_testing import wait_until
+
+pytestmark = pytest.mark.slow
+
+PROMPT_BLOCKS = 12
+FILLER_BLOCKS = 27  # two fillers overflow the pool: least recently used blocks (the prompt's) go first
+
+
+def send(url: str, tokens: list[int]) -> None:
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    api.completions.create(model=SERVED_NAME, prompt=tokens, max_tokens=1, temperature=0)
+
+
+def served_by(workers: list[Worker], send_one: Callable[[], None]) -> int:
+    """Index of the worker whose finished-request count rose when ``send_one()`` ran."""
+    before = [worker.requests_served() for worker in workers]
+    send_one()
+
+    def moved() -> list[int]:
+        return [i for i, worker in enumerate(workers) if worker.requests_served() > before[i]]
+
+    changed = wait_until(moved, "a worker to count the request", timeout=30)
+    assert len(changed) == 1, f"one request counted on workers {changed}"
+    return changed[0]
+
+
+def prefix_hits(worker: Worker, send_one: Callable[[], None]) -> float:
+    """Prompt tokens ``worker`` found in its prefix cache while ``send_one()`` ran."""
+    before = worker.prefix_tokens()[1]
+    send_one()
+    return worker.prefix_tokens()[1] - before
+
+
+def kv_aware_router(start_router: Callable[..., Router], workers: list[Worker], sources: str) -> Router:
+    args = ["--policy", "kv_aware", "--kv-event-block-size", str(BLOCK_SIZE)]
+    if sources == "static":
+        for worker in workers:
+            endpoint = worker.kv_events.replace("*", worker.host)
+            args += ["--kv-event-source", f"{worker.url}={endpoint}"]
+        args += ["--kv-event-model", SERVED_NAME]
+    return start_router(*args)
+
+
+@pytest.mark.parametrize("sources", ["static", "discovered"])
+def test_kv_aware_follows_the_worker_that_holds_the_prefix_after_an_eviction(
+    sources: str, workers: list[Worker], start_router: Callable[..., Router]
+) -> None:
+    assert 2 * FILLER_BLOCKS + PROMPT_BLOCKS > NUM_KV_BLOCKS >= FILLER_BLOCKS + PROMPT_BLOCKS
+    router = kv_aware_router(start_router, workers, sources)
+    holder, other = workers
+    run = ["static", "discovered"].index(sources)  # each run its own prompt and fillers (vocab: 465)
+    prompt = [11 + 110 * run + (i % 97) for i in range(PROMPT_BLOCKS * BLOCK_SIZE)]
+    cached = (PROMPT_BLOCKS - 1) * BLOCK_SIZE  # at least this much of a re-sent prompt is a cache hit
+
+    send(holder.url, prompt)  # straight to the holder: only its KV events can tell the router
+    # Twice each way, so neither round-robin nor a lucky draw passes.
+    for _ in range(2):
+        hits = prefix_hits(holder, lambda: assert_served_by(workers, router, prompt, 0))
+        assert hits >= cached, f"routed to the holder but it found {hits} tokens cached"
+
+    # The holder evicts the prompt under two fillers; the other worker computes it.
+    for filler in range(2):
+        start = 200 + 160 * run + 50 * filler
+        send(holder.url, [start + (i % 50) for i in range(FILLER_BLOCKS * BLOCK_SIZE)])
+    send(other.url, prompt)
+    for _ in range(2):
+        hits = prefix_hits(other, lambda: assert_served_by(workers, router, prompt, 1))
+        assert hits >= cached, f"routed to the new holder but it found {hits} tokens cached"
+
+    # The eviction was real: the first holder computes the prompt from scratch now.
+    assert prefix_hits(holder, lambda: send(holder.url, prompt)) < BLOCK_SIZE
+
+
+def assert_served_by(workers: list[Worker], router: Router, prompt: list[int], expected: int) -> None:
+    chosen = served_by(workers, lambda: send(router.url, prompt))
+    assert chosen == expected, (
+        f"the router sent the prompt to worker {chosen}, not {expected}; its KV counters: {router.kv_counters()}"
+    )
+
+
+def test_workers_describe_their_kv_event_publisher_for_the_router(workers: list[Worker]) -> None:
+    for worker in workers:
+        info = httpx.get(f"{worker.url}/get_server_info", timeout=10).json()
+        assert info["model_id"] == SERVED_NAME and info["kv_block_size"] == BLOCK_SIZE
+        sources = httpx.get(f"{worker.url}/kv_event_sources", timeout=10).json()
+        assert sources == {
+            "0": {
+                "endpoint": worker.kv_events,
+                "topic": "",
+                "publisher": "zmq",
+                "enable_kv_cache_events": True,
+            }
+        }
+    ids = {httpx.get(f"{worker.url}/get_server_info", timeout=10).json()["instance_id"] for worker in workers}
+    assert len(ids) == len(workers), "each worker is its own event source"
