@@ -1,4 +1,4 @@
-"""What a KV-aware router asks a worker before it subscribes to its KV events.
+"""What a KV-aware router asks a worker: its KV-event publisher, and a prompt's token ids.
 
 vllm-router's ``kv_aware`` policy, for every worker it finds (``--worker-urls`` or Kubernetes service
 discovery), reads ``GET /get_server_info`` (which model, which block size, a stable instance id) and
@@ -6,16 +6,26 @@ discovery), reads ``GET /get_server_info`` (which model, which block size, a sta
 ``KVEventsConfig``), then subscribes. A bind address (``tcp://*:5557``) is rewritten by the router to
 the worker's own host, so one pod template serves every replica. Without ``--kv-events-endpoint``,
 ``/kv_event_sources`` is 404: the router skips the worker's events (and routes it by load).
+(vllm-router 0.1.17 reads both, but subscribes only to the sources it is given with
+``--kv-event-source``; see docs/routing.md.)
+
+To score a text prompt against the blocks it knows, the router needs its token ids: it posts the
+client's completion request to ``POST /v1/completions/render`` (with the client's Authorization
+header) and reads ``token_ids`` from the list it gets back, one entry per prompt, in the shape of
+vLLM's render API (vLLM's entries also carry its sampling parameters, which nobody here needs).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
+from mili.worker.server import inputs
 from mili.worker.server.errors import APIError, JSONBody
-from mili.worker.server.routes import _state
+from mili.worker.server.routes import _check_model, _state, _tokenizer
 
 kv_discovery = APIRouter()
 INSTANCE_ID = uuid.uuid4().hex  # one per worker process: a restarted worker is a new event source
@@ -43,3 +53,23 @@ async def kv_event_sources(request: Request) -> JSONBody:
         raise APIError("this worker publishes no KV events (start it with --kv-events-endpoint)", 404)
     source = {"endpoint": endpoint, "topic": "", "publisher": "zmq", "enable_kv_cache_events": True}
     return JSONBody({DATA_PARALLEL_RANK: source})
+
+
+@kv_discovery.post("/v1/completions/render", summary="A completion request's prompts as token ids")
+async def render_completion(request: Request) -> JSONBody:
+    """Only ``model``, ``prompt`` and ``add_special_tokens`` matter here; the other fields belong to the
+    completion the router sends next, which checks them (so they are not refused here)."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise APIError("the body is not JSON") from None
+    if not isinstance(body, dict) or "prompt" not in body:
+        raise APIError("send a completion request with a prompt", param="prompt")
+    state = _state(request)
+    _check_model(state, body.get("model"))
+    max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
+    add_special = body.get("add_special_tokens") is not False
+    prompts = await run_in_threadpool(
+        inputs.completion_prompts, _tokenizer(state), body["prompt"], max_chars, add_special
+    )
+    return JSONBody([{"model": state.served_name, "token_ids": tokens} for tokens in prompts])

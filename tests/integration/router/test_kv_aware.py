@@ -25,7 +25,7 @@ PROMPT_BLOCKS = 12
 FILLER_BLOCKS = 27  # two fillers overflow the pool: least recently used blocks (the prompt's) go first
 
 
-def send(url: str, tokens: list[int]) -> None:
+def send(url: str, tokens: list[int] | str) -> None:
     api = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
     api.completions.create(model=SERVED_NAME, prompt=tokens, max_tokens=1, temperature=0)
 
@@ -50,7 +50,8 @@ def prefix_hits(worker: Worker, send_one: Callable[[], None]) -> float:
     return worker.prefix_tokens()[1] - before
 
 
-def kv_aware_router(start_router: Callable[..., Router], workers: list[Worker]) -> Router:
+@pytest.fixture(scope="module")
+def kv_router(start_router: Callable[..., Router], workers: list[Worker]) -> Router:
     args = ["--policy", "kv_aware", "--kv-event-block-size", str(BLOCK_SIZE), "--kv-event-model", SERVED_NAME]
     for worker in workers:
         # The workers bind tcp://*:PORT, as pods do; the router connects to each worker's own address.
@@ -59,10 +60,10 @@ def kv_aware_router(start_router: Callable[..., Router], workers: list[Worker]) 
 
 
 def test_kv_aware_follows_the_worker_that_holds_the_prefix_after_an_eviction(
-    workers: list[Worker], start_router: Callable[..., Router]
+    workers: list[Worker], kv_router: Router
 ) -> None:
     assert 2 * FILLER_BLOCKS + PROMPT_BLOCKS > NUM_KV_BLOCKS >= FILLER_BLOCKS + PROMPT_BLOCKS
-    router = kv_aware_router(start_router, workers)
+    router = kv_router
     holder, other = workers
     prompt = [11 + (i % 97) for i in range(PROMPT_BLOCKS * BLOCK_SIZE)]  # tokens < the tiny vocab (465)
     cached = (PROMPT_BLOCKS - 1) * BLOCK_SIZE  # at least this much of a re-sent prompt is a cache hit
@@ -86,7 +87,7 @@ def test_kv_aware_follows_the_worker_that_holds_the_prefix_after_an_eviction(
     assert prefix_hits(holder, lambda: send(holder.url, prompt)) < BLOCK_SIZE
 
 
-def assert_served_by(workers: list[Worker], router: Router, prompt: list[int], expected: int) -> None:
+def assert_served_by(workers: list[Worker], router: Router, prompt: list[int] | str, expected: int) -> None:
     chosen = served_by(workers, lambda: send(router.url, prompt))
     assert chosen == expected, (
         f"the router sent the prompt to worker {chosen}, not {expected}; KV counters: {router.kv_counters()}"
@@ -108,3 +109,23 @@ def test_workers_describe_their_kv_event_publisher_for_the_router(workers: list[
         }
     ids = {httpx.get(f"{worker.url}/get_server_info", timeout=10).json()["instance_id"] for worker in workers}
     assert len(ids) == len(workers), "each worker is its own event source"
+
+
+def test_text_prompts_are_rendered_to_token_ids_and_routed_to_their_holder(
+    workers: list[Worker], kv_router: Router
+) -> None:
+    text = "The lighthouse keeper counted the ships " * 12  # a dozen blocks in the tiny tokenizer
+    body = {"model": SERVED_NAME, "prompt": text, "max_tokens": 1, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    rendered = httpx.post(f"{workers[1].url}/v1/completions/render", json=body, headers=headers, timeout=30)
+    tokenized = httpx.post(f"{workers[1].url}/tokenize", json={"prompt": text}, headers=headers, timeout=30)
+    assert rendered.status_code == 200, rendered.text
+    assert rendered.json() == [{"model": SERVED_NAME, "token_ids": tokenized.json()["tokens"]}]
+    assert len(tokenized.json()["tokens"]) >= 4 * BLOCK_SIZE
+
+    send(workers[1].url, text)  # the second worker holds it: not the one a tie would pick
+    for _ in range(2):
+        assert_served_by(workers, kv_router, text, 1)
+    assert kv_router.kv_counters().get(
+        "vllm_router_kv_routing_inputs_total{'result': 'render', 'transport': 'http'}"
+    )
