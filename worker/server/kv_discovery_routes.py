@@ -21,15 +21,18 @@ import json
 import uuid
 
 from fastapi import APIRouter, Request
+from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mili.worker.server import inputs
 from mili.worker.server.errors import APIError, JSONBody
+from mili.worker.server.protocol import CompletionRequest
 from mili.worker.server.routes import _check_model, _state, _tokenizer
 
 kv_discovery = APIRouter()
 INSTANCE_ID = uuid.uuid4().hex  # one per worker process: a restarted worker is a new event source
 DATA_PARALLEL_RANK = "0"  # a MILI worker is one engine
+PROMPT = TypeAdapter(CompletionRequest.model_fields["prompt"].annotation)
 
 
 @kv_discovery.get("/get_server_info", summary="Model, KV block size and instance id, for a KV-aware router")
@@ -65,11 +68,15 @@ async def render_completion(request: Request) -> JSONBody:
         raise APIError("the body is not JSON") from None
     if not isinstance(body, dict) or "prompt" not in body:
         raise APIError("send a completion request with a prompt", param="prompt")
+    try:  # the prompt types /v1/completions accepts, declared once on its request model
+        prompt = PROMPT.validate_python(body["prompt"])
+    except ValidationError:
+        raise APIError("prompt must be a string, a list of strings or token ids", param="prompt") from None
     state = _state(request)
     _check_model(state, body.get("model"))
     max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
     add_special = body.get("add_special_tokens") is not False
     prompts = await run_in_threadpool(
-        inputs.completion_prompts, _tokenizer(state), body["prompt"], max_chars, add_special
+        inputs.completion_prompts, _tokenizer(state), prompt, max_chars, add_special
     )
     return JSONBody([{"model": state.served_name, "token_ids": tokens} for tokens in prompts])

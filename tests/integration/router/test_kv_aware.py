@@ -122,6 +122,9 @@ def test_text_prompts_are_rendered_to_token_ids_and_routed_to_their_holder(
     assert rendered.status_code == 200, rendered.text
     assert rendered.json() == [{"model": SERVED_NAME, "token_ids": tokenized.json()["tokens"]}]
     assert len(tokenized.json()["tokens"]) >= 4 * BLOCK_SIZE
+    for bad in ({"model": SERVED_NAME}, {"model": SERVED_NAME, "prompt": {"text": text}}):
+        refused = httpx.post(f"{workers[1].url}/v1/completions/render", json=bad, headers=headers, timeout=30)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt", refused.text
 
     send(workers[1].url, text)  # the second worker holds it: not the one a tie would pick
     for _ in range(2):
