@@ -27,8 +27,8 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 KERNEL_CHOICES = ("auto", "cuda", "cpu", "torch")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
-# vllm-router's policies MILI serves; kv_aware waits for workers that publish KV events (docs/routing.md).
-ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")
+# vllm-router's policies MILI serves; with kv_aware the workers publish KV events (docs/routing.md).
+ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random", "kv_aware")
 
 ENGINE_GROUP = "engine"  # flags `_engine_arguments` declares from this table
 SERVER_GROUP = "server"  # flags the server argument group of `mili serve` declares itself

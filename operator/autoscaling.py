@@ -10,8 +10,12 @@ The rules are the HorizontalPodAutoscaler's (docs/architecture.md "Autoscaling")
 4. scale up at most to max(2 × current, current + 4) per step;
 5. clamp to [minReplicas, maxReplicas].
 
+"Waiting" counts the requests held in front of the workers too (``waiting_per_replica``): those a
+router holds for a worker are shared over the ready workers and added to the workers' own queues.
+
 At zero replicas (``minReplicas: 0``) no worker reports anything; requests that reached the router
-decide instead (``wake_from_zero``): any in the window → one replica, none → stay at zero.
+or wait in front of it decide instead (``wake_from_zero``): any in the window → one replica, none →
+stay at zero.
 
 Missing samples or an unreachable Prometheus keep the current count (clamped to the bounds only) and
 make ``ScalingActive`` False; such a round records no recommendation.
@@ -51,6 +55,9 @@ class Observation:
     # Requests that reached the router in the window, including those waiting there for a worker;
     # None without a router (or before its first request).
     router_requests: float | None = None
+    # Requests held in front of the workers now (the routers' holding step), averaged over the window
+    # and summed over router pods; None when no router reports it.
+    router_waiting: float | None = None
 
     @classmethod
     def unavailable(cls, error: str) -> Observation:
@@ -84,6 +91,19 @@ class Decision:
         if self.replicas < self.current:
             return "down"
         return "none"
+
+
+def waiting_per_replica(
+    worker_waiting: float | None, router_waiting: float | None, ready_workers: float | None
+) -> float | None:
+    """Requests waiting per ready worker: the workers' own queue (already an average per pod) plus the
+    requests held in front of them, shared over the ready workers. None when no worker reports (the
+    decision then holds); a router that reports nothing holds nothing."""
+    if worker_waiting is None:
+        return None
+    if not router_waiting:
+        return worker_waiting
+    return worker_waiting + router_waiting / max(ready_workers or 1.0, 1.0)
 
 
 def scale_up_limit(current: int) -> int:
@@ -148,7 +168,8 @@ def wake_from_zero(
 
     Scaling up from zero ignores the scale-up window: a waiting request has a cold start ahead of it
     already (``coldStartTimeoutSeconds``)."""
-    demand = [value for value in (observation.router_requests, observation.waiting_per_replica) if value]
+    signals = (observation.router_requests, observation.router_waiting, observation.waiting_per_replica)
+    demand = [value for value in signals if value]
     if any(not _is_usable(value) for value in demand):
         return _hold(0, spec, tuple(history), PROMETHEUS_UNAVAILABLE, f"unusable samples {demand}")
     replicas = spec.clamp(1 if demand else 0)

@@ -10,7 +10,7 @@ import kopf
 from mili.operator import metrics
 from mili.operator.kube import ApiError, KubeClient
 from mili.operator.reconcile import Notice, Reconciler, post_kopf_event
-from mili.operator.rendering import MANAGED_BY, MANAGED_BY_LABEL
+from mili.operator.rendering import DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from mili.operator.spec import GROUP, KIND, PLURAL, VERSION
 
 RETRY_BASE_SECONDS = 2
@@ -86,6 +86,17 @@ async def child_changed(body: kopf.Body, type: str | None, namespace: str, memo:
     if parent is not None and hasattr(memo, "reconciler"):
         trigger = f"{body.get('kind', 'child')} {type or 'LISTED'}"
         await run_reconcile(memo, body, namespace, parent, trigger=trigger, retry=None)
+
+
+@kopf.on.event("v1", "pods", labels={"app.kubernetes.io/name": "mili-worker", DEPLOYMENT_LABEL: kopf.PRESENT})
+async def worker_pod_changed(
+    body: kopf.Body, type: str | None, namespace: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """A worker pod came, went or changed readiness: a kv_aware router is told the ready pods by its
+    arguments (mili.operator.router), so its MiliDeployment is reconciled (a no-op for other policies)."""
+    parent = (body.get("metadata", {}).get("labels") or {}).get(DEPLOYMENT_LABEL)
+    if parent and hasattr(memo, "reconciler"):
+        await run_reconcile(memo, body, namespace, parent, trigger=f"Pod {type or 'LISTED'}", retry=None)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

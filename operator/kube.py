@@ -38,6 +38,10 @@ def deployment_path(namespace: str, name: str | None = None) -> str:
     return f"{base}/{name}" if name else base
 
 
+def pod_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods"
+
+
 def service_path(namespace: str, name: str | None = None) -> str:
     base = f"/api/v1/namespaces/{namespace}/services"
     return f"{base}/{name}" if name else base

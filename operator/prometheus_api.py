@@ -18,13 +18,16 @@ from typing import Any
 
 import httpx
 
-from mili.operator.autoscaling import Observation
+from mili.operator.autoscaling import Observation, waiting_per_replica
 
 logger = logging.getLogger(__name__)
 
 KV_CACHE_METRIC = "mili_kv_cache_usage_ratio"
 WAITING_METRIC = "mili_num_requests_waiting"
 ROUTER_REQUESTS_METRIC = "vllm_router_requests_total"  # the router job's (mili.operator.router)
+# Requests waiting in front of the workers. vllm-router 0.1.17 exports no gauge of its own queue (its
+# queue counters stay internal); the routers' holding step exports this one (optional: absent → 0).
+ROUTER_WAITING_METRIC = "mili_router_held_requests"
 
 
 _ERROR_TYPE = re.compile(r"^[a-z_]{1,32}$")  # Prometheus's errorType: bad_data, timeout, execution, ...
@@ -75,6 +78,18 @@ def router_requests(settings: QuerySettings, namespace: str, name: str) -> str:
     """PromQL: requests that reached the MiliDeployment's routers within the window."""
     selector = pod_selector(settings, namespace, name)
     return f"sum(increase({ROUTER_REQUESTS_METRIC}{selector}[{settings.window}]))"
+
+
+def router_waiting(settings: QuerySettings, namespace: str, name: str) -> str:
+    """PromQL: requests held in front of the workers, averaged over the window, summed over router pods."""
+    selector = pod_selector(settings, namespace, name)
+    return f"sum(avg_over_time({ROUTER_WAITING_METRIC}{selector}[{settings.window}]))"
+
+
+def ready_workers(settings: QuerySettings, namespace: str, name: str) -> str:
+    """PromQL: the worker pods that report a queue and whose target is up (the pods the averages span)."""
+    selector = pod_selector(settings, namespace, name)
+    return f"count({WAITING_METRIC}{selector} and on(instance) (up{selector} == 1))"
 
 
 class PrometheusClient:
@@ -152,8 +167,16 @@ class PrometheusClient:
         return value
 
     async def observe(self, settings: QuerySettings, namespace: str, name: str) -> Observation:
-        """KV-cache usage and waiting requests per ready pod of one MiliDeployment."""
+        """KV-cache usage and waiting requests per ready pod of one MiliDeployment (those held in front
+        of the workers included)."""
         kv = await self.scalar(average_over_ready_pods(KV_CACHE_METRIC, settings, namespace, name))
         waiting = await self.scalar(average_over_ready_pods(WAITING_METRIC, settings, namespace, name))
         routed = await self.scalar(router_requests(settings, namespace, name))
-        return Observation(kv_cache_usage=kv, waiting_per_replica=waiting, router_requests=routed)
+        held = await self.scalar(router_waiting(settings, namespace, name))
+        ready = await self.scalar(ready_workers(settings, namespace, name)) if held else None
+        return Observation(
+            kv_cache_usage=kv,
+            waiting_per_replica=waiting_per_replica(waiting, held, ready),
+            router_requests=routed,
+            router_waiting=held,
+        )

@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from mili.operator import apply, metrics, router
+from mili.operator import apply, metrics, rendering, router
 from mili.operator.config import OperatorConfig
 from mili.operator.kube import (
     ApiError,
@@ -27,12 +27,13 @@ from mili.operator.kube import (
     deployment_path,
     milideployment_path,
     network_policy_path,
+    pod_path,
     role_binding_path,
     role_path,
     service_account_path,
     service_path,
 )
-from mili.operator.rendering import render_deployment, render_network_policy, render_service
+from mili.operator.rendering import render_deployment, render_network_policy, render_service, selector_string
 from mili.operator.spec import MiliDeploymentSpec, SpecError, check_prometheus_url, parse_spec
 from mili.operator.status import ObservedState, compute_status, desired_replicas, status_patch
 
@@ -194,7 +195,12 @@ class Reconciler:
             (router.render_service_account(spec, namespace), service_account_path),
             (router.render_role(spec, namespace), role_path),
             (router.render_role_binding(spec, namespace), role_binding_path),
-            (router.render_router_deployment(spec, namespace, self.config.router_image), deployment_path),
+            (
+                router.render_router_deployment(
+                    spec, namespace, self.config.router_image, await self._kv_workers(spec, namespace)
+                ),
+                deployment_path,
+            ),
         ]
         if spec.router.enabled:
             children += router_children
@@ -211,6 +217,13 @@ class Reconciler:
             _, child_problem = await self._apply(parent, desired, current, path(namespace), notices)
             problem = problem or child_problem
         return deployment, problem
+
+    async def _kv_workers(self, spec: MiliDeploymentSpec, namespace: str) -> list[str]:
+        """The ready worker pods' IPs, for a kv_aware router (which must be told them); else none."""
+        if not rendering.publishes_kv_events(spec):
+            return []
+        pods = await self.kube.get(f"{pod_path(namespace)}?labelSelector={selector_string(spec.name)}")
+        return router.ready_worker_ips((pods or {}).get("items") or [], spec.name)
 
     async def _delete_owned(
         self, parent: dict[str, Any], children: list[tuple[str, Callable[..., str]]]

@@ -37,6 +37,12 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 ROUTER_COMPONENT = "router"
 PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus"}
 
+# With spec.router.policy kv_aware each worker publishes its KV-cache events here (worker/kv_events.py)
+# and its router subscribes to every ready worker's publisher (mili.operator.router).
+KV_AWARE_POLICY = "kv_aware"
+KV_EVENTS_PORT = 5557
+KV_EVENTS_PORT_NAME = "kv-events"
+
 # Worker startup covers a model download and a warm-up: allow up to 30 minutes before liveness applies.
 STARTUP_PERIOD_SECONDS = 10
 STARTUP_FAILURE_THRESHOLD = 180
@@ -82,8 +88,19 @@ def worker_model_argument(source: ModelSource) -> str:
     return source.uri
 
 
+def publishes_kv_events(spec: MiliDeploymentSpec) -> bool:
+    """Whether the workers publish KV-cache events: only for a router whose policy consumes them."""
+    return spec.router.enabled and spec.router.policy == KV_AWARE_POLICY
+
+
+def kv_events_address(host: str) -> str:
+    """The workers' KV-event publisher as a ZMQ address: ``*`` (bind, in the pod) or a pod IP."""
+    return f"tcp://{host}:{KV_EVENTS_PORT}"
+
+
 def worker_args(spec: MiliDeploymentSpec) -> list[str]:
-    """Arguments of `mili serve`: one flag per declared setting the spec holds (mili.common.settings)."""
+    """Arguments of `mili serve`: one flag per declared setting the spec holds (mili.common.settings),
+    and the KV-event publisher when the router's policy is kv_aware."""
     args = ["serve", "--host", "0.0.0.0", "--port", str(WORKER_PORT)]
     for setting in settings.worker_settings():
         section = spec.model if setting.crd_section == "model" else spec.engine
@@ -91,7 +108,16 @@ def worker_args(spec: MiliDeploymentSpec) -> list[str]:
         if setting.name == "model":
             value = worker_model_argument(value)
         args += setting.flag_arguments(value)
+    if publishes_kv_events(spec):
+        args += settings.BY_NAME["kv_events_endpoint"].flag_arguments(kv_events_address("*"))
     return args
+
+
+def worker_ports(spec: MiliDeploymentSpec) -> list[dict[str, Any]]:
+    ports = [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}]
+    if publishes_kv_events(spec):
+        ports.append({"name": KV_EVENTS_PORT_NAME, "containerPort": KV_EVENTS_PORT, "protocol": "TCP"})
+    return ports
 
 
 def termination_grace_period_seconds(spec: MiliDeploymentSpec) -> int:
@@ -165,7 +191,7 @@ def render_pod_template(spec: MiliDeploymentSpec, default_image: str) -> dict[st
         "image": spec.image or default_image,
         "command": ["mili"],
         "args": worker_args(spec),
-        "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "ports": worker_ports(spec),
         "env": _env(spec),
         "resources": _resources(spec),
         "volumeMounts": mounts,
@@ -262,14 +288,20 @@ def render_network_policy(
 ) -> dict[str, Any]:
     """Ingress to the workers' port: from this MiliDeployment's router pods, the operator's namespace
     (the operator, and the shipped Prometheus) and Prometheus pods anywhere; from any client only while
-    the workers are the front door themselves (``workers_take_client_traffic``)."""
+    the workers are the front door themselves (``workers_take_client_traffic``). With kv_aware, the
+    router pods also reach the KV-event publishers."""
     port = [{"protocol": "TCP", "port": "http"}]
+    routers = {
+        "podSelector": {"matchLabels": {DEPLOYMENT_LABEL: spec.name, COMPONENT_LABEL: ROUTER_COMPONENT}}
+    }
     peers = [
-        {"podSelector": {"matchLabels": {DEPLOYMENT_LABEL: spec.name, COMPONENT_LABEL: ROUTER_COMPONENT}}},
+        routers,
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}}},
         {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(PROMETHEUS_LABELS)}},
     ]
     rules: list[dict[str, Any]] = [{"from": peers, "ports": port}]
+    if publishes_kv_events(spec):
+        rules.append({"from": [routers], "ports": [{"protocol": "TCP", "port": KV_EVENTS_PORT_NAME}]})
     if workers_take_client_traffic(spec):
         rules.append({"ports": port})  # no `from`: any source, as the Service's clients need
     return {

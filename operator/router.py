@@ -2,18 +2,24 @@
 
 The router (vllm-project/router, `vllm-router`) finds the worker pods itself through the Kubernetes API
 (``--service-discovery``), so it gets a ServiceAccount and a Role that may get, list and watch pods in
-its namespace, and nothing else. The Service named after the MiliDeployment selects the router pods;
+its namespace, and nothing else. With ``kv_aware`` it cannot: vllm-router 0.1.17 subscribes to the KV
+events of statically listed workers only (``--worker-urls`` + ``--kv-event-source``), so the operator
+lists the ready worker pods itself (``ready_worker_ips``) and renders them into the arguments; a change
+of that set rolls the router. The Service named after the MiliDeployment selects the router pods;
 ``<name>-workers`` (headless) names the worker pods. See docs/routing.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mili.operator.rendering import (
+    KV_AWARE_POLICY,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     WORKER_PORT,
+    kv_events_address,
     router_selector_labels,
     selector_labels,
     worker_labels,
@@ -41,18 +47,58 @@ def router_labels(name: str) -> dict[str, str]:
     return {**router_selector_labels(name), "app.kubernetes.io/instance": name, MANAGED_BY_LABEL: MANAGED_BY}
 
 
-def router_args(spec: MiliDeploymentSpec, namespace: str) -> list[str]:
-    """Arguments of `vllm-router`: discover this MiliDeployment's ready worker pods, route by the policy,
-    export metrics; retries and circuit breaking stay at the router's defaults (on)."""
-    selector = [f"{key}={value}" for key, value in selector_labels(spec.name).items()]
+def ready_worker_ips(pods: Iterable[Mapping[str, Any]], name: str) -> list[str]:
+    """The pod IPs of this MiliDeployment's worker pods that are Ready and not being deleted, sorted (so
+    the router's arguments change only when the set does)."""
+    wanted = selector_labels(name).items()
+    ips = set()
+    for pod in pods:
+        metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+        labels = metadata.get("labels") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        )
+        if (
+            wanted <= labels.items()
+            and ready
+            and status.get("podIP")
+            and not metadata.get("deletionTimestamp")
+        ):
+            ips.add(status["podIP"])
+    return sorted(ips)
+
+
+def worker_source_args(spec: MiliDeploymentSpec, namespace: str, kv_workers: Sequence[str]) -> list[str]:
+    """How the router knows the workers: service discovery, or for kv_aware the ready pods' addresses
+    with their KV-event publishers (block size and model name as the workers use them)."""
+    if spec.router.policy != KV_AWARE_POLICY:
+        selector = [f"{key}={value}" for key, value in selector_labels(spec.name).items()]
+        return [
+            "--service-discovery",
+            "--selector", *selector,
+            "--service-discovery-port", str(WORKER_PORT),
+            "--service-discovery-namespace", namespace,
+        ]  # fmt: skip
+    urls = [f"http://{ip}:{WORKER_PORT}" for ip in kv_workers]
+    args = ["--worker-urls", *urls] if urls else []
+    for url, ip in zip(urls, kv_workers, strict=True):
+        args += ["--kv-event-source", f"{url}={kv_events_address(ip)}"]
+    return [
+        *args,
+        "--kv-event-block-size", str(spec.engine.block_size),
+        "--kv-event-model", spec.model.served_name,
+    ]  # fmt: skip
+
+
+def router_args(spec: MiliDeploymentSpec, namespace: str, kv_workers: Sequence[str] = ()) -> list[str]:
+    """Arguments of `vllm-router`: find this MiliDeployment's ready worker pods, route by the policy,
+    export metrics; retries and circuit breaking stay at the router's defaults (on). ``kv_workers``:
+    the ready worker pods' IPs, used with kv_aware only."""
     args = [
         "--host", "0.0.0.0",
         "--port", str(ROUTER_PORT),
         "--policy", spec.router.policy,
-        "--service-discovery",
-        "--selector", *selector,
-        "--service-discovery-port", str(WORKER_PORT),
-        "--service-discovery-namespace", namespace,
+        *worker_source_args(spec, namespace, kv_workers),
         "--health-check-endpoint", "/ready",  # a draining worker answers 503 there and gets no new requests
         "--prometheus-host", "0.0.0.0",
         "--prometheus-port", str(ROUTER_METRICS_PORT),
@@ -74,13 +120,15 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def render_router_deployment(spec: MiliDeploymentSpec, namespace: str, image: str) -> dict[str, Any]:
+def render_router_deployment(
+    spec: MiliDeploymentSpec, namespace: str, image: str, kv_workers: Sequence[str] = ()
+) -> dict[str, Any]:
     """The router Deployment: ``spec.router.replicas`` pods of `vllm-router`, non-root, read-only root."""
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
         "command": ["vllm-router"],
-        "args": router_args(spec, namespace),
+        "args": router_args(spec, namespace, kv_workers),
         "ports": [
             {"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": ROUTER_METRICS_PORT, "protocol": "TCP"},

@@ -256,6 +256,12 @@ def parse_spec(name: str, spec: Mapping[str, Any] | None) -> MiliDeploymentSpec:
 
     if engine.kernels == "cuda" and resources.gpus == 0:
         raise SpecError("spec.engine.kernels", "'cuda' needs spec.resources.gpus >= 1")
+    router = RouterSpec(**root.section("router").settings("router"))
+    if router.enabled and router.policy == "kv_aware" and not engine.prefix_caching:
+        raise SpecError(
+            "spec.router.policy",
+            "'kv_aware' needs spec.engine.prefixCaching: true (workers publish their prefix cache's blocks)",
+        )
     if engine.max_num_batched_tokens < engine.max_num_seqs:
         raise SpecError(
             "spec.engine.maxNumBatchedTokens",
@@ -278,7 +284,7 @@ def parse_spec(name: str, spec: Mapping[str, Any] | None) -> MiliDeploymentSpec:
             port=service.integer("port", 8000, 1, 65535),
         ),
         api_key_secret_ref=_parse_secret_ref(root),
-        router=RouterSpec(**root.section("router").settings("router")),
+        router=router,
     )
 
 

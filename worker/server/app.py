@@ -21,6 +21,7 @@ from mili.worker.server.async_engine import AsyncEngine
 from mili.worker.server.chat_choices import ChatOptions
 from mili.worker.server.errors import install_error_handlers
 from mili.worker.server.gate import RequestGate
+from mili.worker.server.kv_discovery_routes import kv_discovery
 from mili.worker.server.limits import ServerLimits
 from mili.worker.server.routes import ServerState, openai_api, probes
 from mili.worker.server.tokenize_routes import tokenizer_api
@@ -90,5 +91,6 @@ def create_app(
     app.include_router(probes)
     app.include_router(openai_api)
     app.include_router(tokenizer_api)
+    app.include_router(kv_discovery)
     app.add_middleware(RequestGate)
     return app

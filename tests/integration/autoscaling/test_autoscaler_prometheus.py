@@ -8,14 +8,17 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+import prometheus_client
 import pytest
 import yaml
 from integration.autoscaling.loopback import (
     DEPLOYMENT,
     NAMESPACE,
+    ROUTER_JOB,
     SHIPPED_CONFIG,
     WORKER_JOB,
     loopback_config,
+    pod_target,
     worker_targets,
 )
 
@@ -28,7 +31,7 @@ from mili.operator.autoscaling import (
 )
 from mili.operator.prometheus_api import PrometheusClient, PrometheusError, QuerySettings
 from mili.operator.spec import AutoscalingSpec
-from mili_testing import require_binary
+from mili_testing import free_port, require_binary, wait_until
 
 WINDOW_SECONDS = 6  # scale-down stabilization
 SETTINGS = QuerySettings(window="4s", timeout_seconds=2.0)
@@ -134,6 +137,37 @@ async def test_no_samples_for_another_deployment(prometheus):
     async with PrometheusClient(prometheus.url) as client:
         observation = await client.observe(QuerySettings(), NAMESPACE, "nobody")
     assert observation == Observation(None, None)
+
+
+def test_requests_held_at_the_router_join_the_waiting_signal(prometheus, workers):
+    """A router pod's held-requests gauge, scraped as the router job scrapes router pods, is added to
+    the idle workers' (empty) queues and shared over both of them."""
+    registry = prometheus_client.CollectorRegistry()
+    held = prometheus_client.Gauge("mili_router_held_requests", "held", registry=registry)
+    held.set(6)
+    port = free_port()
+    server, thread = prometheus_client.start_http_server(port, addr="127.0.0.1", registry=registry)
+    prometheus.set_targets(
+        ROUTER_JOB,
+        [pod_target(f"127.0.0.1:{port}", f"{DEPLOYMENT}-router", app="mili-router", port_name="metrics")],
+    )
+
+    def observe() -> Observation:
+        async def once() -> Observation:
+            async with PrometheusClient(prometheus.url) as client:
+                return await client.observe(SETTINGS, NAMESPACE, DEPLOYMENT)
+
+        return asyncio.run(once())
+
+    try:
+        seen = wait_until(
+            lambda: (o := observe()).router_waiting == 6 and o, "the held gauge in Prometheus", timeout=30
+        )
+        assert seen.waiting_per_replica == pytest.approx(6 / len(workers), abs=0.5)
+    finally:
+        prometheus.set_targets(ROUTER_JOB, [])
+        server.shutdown()
+        thread.join(timeout=10)
 
 
 def test_relabeling_keeps_ready_workers_with_the_autoscaler_labels(prometheus, workers):

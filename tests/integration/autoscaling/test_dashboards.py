@@ -40,6 +40,8 @@ REQUIRED_PANELS = {
     "Router decisions per worker",
     "Router in-flight requests per worker",
     "Prefix-cache hit ratio per worker",
+    "Requests held at the router",
+    "Router prefix decisions",
 }
 # Series whose value is a real number once requests have been served (others may be NaN at times,
 # e.g. a hit ratio over a window without prompts, or 0/0 quantiles).

@@ -6,6 +6,7 @@ test runs last and also covers every object the earlier tests left behind.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 
@@ -146,6 +147,62 @@ def test_the_router_discovers_the_workers_with_its_own_pod_reader_role(api, oper
     wait_for(
         lambda: api.get(api.service_path("routed"))["spec"]["selector"] == workers,
         "the Service to select the workers",
+    )
+
+
+def worker_pod(api, deployment: str, name: str, ip: str, ready: bool) -> dict[str, Any]:
+    """A worker pod as the kubelet would report it (the emulator runs no kubelet)."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "mili-test",
+            "uid": str(uuid.uuid4()),
+            "resourceVersion": "1",
+            "labels": {"app.kubernetes.io/name": "mili-worker", "mili.dev/deployment": deployment},
+        },
+        "spec": {"containers": [{"name": "worker", "image": "w"}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
+    response = api.http.post("/api/v1/namespaces/mili-test/pods", json=body)
+    response.raise_for_status()
+    return response.json()
+
+
+def kv_event_sources(api, name: str) -> list[str]:
+    args = container(
+        api.get(api.deployment_path(f"{name}-router"))
+        or {"spec": {"template": {"spec": {"containers": [{"args": []}]}}}}
+    )["args"]
+    return [args[i + 1] for i, arg in enumerate(args) if arg == "--kv-event-source"]
+
+
+def test_a_kv_aware_router_follows_the_ready_worker_pods(api, operator, wait_for):
+    api.create_milideployment("precise", {"resources": {"gpus": 0}, "router": {"policy": "kv_aware"}})
+    workers = wait_for(lambda: api.get(api.deployment_path("precise")), "the worker Deployment")
+    assert flag(container(workers)["args"], "--kv-events-endpoint") == "tcp://*:5557"
+    router = wait_for(lambda: api.get(api.deployment_path("precise-router")), "the router Deployment")
+    assert "--worker-urls" not in container(router)["args"] and not kv_event_sources(api, "precise")
+
+    worker_pod(api, "precise", "precise-a", "10.1.0.7", ready=True)
+    worker_pod(api, "precise", "precise-b", "10.1.0.8", ready=False)
+    worker_pod(api, "routed-elsewhere", "other-a", "10.1.0.9", ready=True)
+    wait_for(
+        lambda: kv_event_sources(api, "precise") == ["http://10.1.0.7:8000=tcp://10.1.0.7:5557"],
+        "the router to subscribe to the one ready worker",
+    )
+    api.patch(
+        "/api/v1/namespaces/mili-test/pods/precise-b",
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+    )
+    wait_for(
+        lambda: len(kv_event_sources(api, "precise")) == 2,
+        "the router to subscribe to the worker that became ready",
+    )
+    policy = api.get("/apis/networking.k8s.io/v1/namespaces/mili-test/networkpolicies/precise")
+    assert any(
+        {"protocol": "TCP", "port": "kv-events"} in rule["ports"] for rule in policy["spec"]["ingress"]
     )
 
 

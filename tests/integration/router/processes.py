@@ -18,7 +18,10 @@ from mili_testing import answers_ok, fail_if_exited, require_binary, stop_proces
 
 SERVED_NAME = "tiny"
 BLOCK_SIZE = 16
+NUM_KV_BLOCKS = 40  # small, so the KV-aware test can make a worker evict a prompt
 READY_TIMEOUT = 120.0
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def free_port_on(host: str) -> int:
@@ -34,7 +37,7 @@ def router_binary() -> str:
     return str(beside) if beside.exists() else require_binary("vllm-router")
 
 
-def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def metric_samples(url: str) -> Samples:
     """Every sample of a Prometheus text endpoint, keyed by (name, sorted labels)."""
     text = httpx.get(url, timeout=10).text
     return {
@@ -44,11 +47,18 @@ def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     }
 
 
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
 class Worker:
     """`mili serve` on the tiny checkpoint at ``host:port``, as a subprocess."""
 
-    def __init__(self, model_dir: Path, host: str, port: int, log_path: Path, *extra: str) -> None:
+    def __init__(
+        self, model_dir: Path, host: str, port: int, log_path: Path, *extra: str, kv_events: str | None = None
+    ) -> None:
         self.host = host
+        self.kv_events = kv_events  # the ZMQ address its KV-event publisher binds, if it publishes
         self.port = port
         self.url = f"http://{host}:{port}"
         self.log_path = log_path
@@ -57,11 +67,13 @@ class Worker:
             "serve",
             "--model", str(model_dir),
             "--served-name", SERVED_NAME,
+            "--device", "cpu",
             "--host", host,
             "--port", str(port),
             "--max-model-len", "512",
-            "--num-kv-blocks", "96",
+            "--num-kv-blocks", str(NUM_KV_BLOCKS),
             "--block-size", str(BLOCK_SIZE),
+            *(("--kv-events-endpoint", kv_events) if kv_events else ()),
             *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
@@ -76,16 +88,28 @@ class Worker:
             fail_if_exited(self.process, "mili serve", self.log_path)
             return answers_ok(f"{self.url}/ready")
 
-        wait_until(ready, f"mili serve on {self.host}:{self.port} to be ready", timeout=READY_TIMEOUT)
+        wait_until(
+            ready,
+            f"mili serve on {self.host}:{self.port} to be ready",
+            timeout=READY_TIMEOUT,
+            diagnostics=lambda: _tail(self.log_path),
+        )
+
+    def _sample(self, samples: Samples, name: str) -> float:
+        return samples.get((name, (("model_name", SERVED_NAME),)), 0.0)
 
     def prefix_tokens(self) -> tuple[float, float]:
         """(prompt tokens looked up in the prefix cache, tokens found there) so far."""
         samples = metric_samples(f"{self.url}/metrics")
-        labels = (("model_name", SERVED_NAME),)
         return (
-            samples.get(("mili_prefix_cache_queried_tokens_total", labels), 0.0),
-            samples.get(("mili_prefix_cache_hit_tokens_total", labels), 0.0),
+            self._sample(samples, "mili_prefix_cache_queried_tokens_total"),
+            self._sample(samples, "mili_prefix_cache_hit_tokens_total"),
         )
+
+    def requests_served(self) -> float:
+        """Requests this worker finished so far (any finish reason)."""
+        samples = metric_samples(f"{self.url}/metrics")
+        return sum(value for (name, _), value in samples.items() if name == "mili_requests_total")
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -121,7 +145,9 @@ class Router:
             fail_if_exited(self.process, "vllm-router", self.log_path)
             return answers_ok(f"{self.url}/readiness")
 
-        wait_until(ready, "vllm-router to be ready", timeout=READY_TIMEOUT)
+        wait_until(
+            ready, "vllm-router to be ready", timeout=READY_TIMEOUT, diagnostics=lambda: _tail(self.log_path)
+        )
         return self
 
     def decisions(self) -> dict[str, float]:
@@ -130,6 +156,14 @@ class Router:
             dict(labels)["worker"]: value
             for (name, labels), value in metric_samples(self.metrics_url).items()
             if name == "vllm_router_policy_decisions_total"
+        }
+
+    def kv_counters(self) -> dict[str, float]:
+        """vllm-router's own account of its KV-aware lookups (why a lookup scored or was skipped)."""
+        return {
+            f"{name}{dict(labels)}": value
+            for (name, labels), value in metric_samples(self.metrics_url).items()
+            if name.startswith(("vllm_router_kv_", "vllm_router_prefix_routing"))
         }
 
     def stop(self) -> None:

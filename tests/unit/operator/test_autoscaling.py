@@ -17,6 +17,7 @@ from mili.operator.autoscaling import (
     decide,
     prune,
     scale_up_limit,
+    waiting_per_replica,
 )
 from mili.operator.spec import AutoscalingSpec
 
@@ -246,3 +247,31 @@ def test_idle_goes_to_zero_only_after_the_scale_down_window():
     assert decide(idle, 1, FROM_ZERO, history, NOW).replicas == 1
     history = (Recommendation(NOW - 301, 1),)  # the window has passed
     assert decide(idle, 1, FROM_ZERO, history, NOW).replicas == 0
+
+
+# Requests held in front of the workers (the routers' holding step) count as waiting.
+@pytest.mark.parametrize(
+    ("worker_waiting", "router_waiting", "ready", "expected"),
+    [
+        (2.0, None, 3.0, 2.0),  # no router reports: the workers' queue alone
+        (2.0, 0.0, 3.0, 2.0),
+        (2.0, 6.0, 3.0, 4.0),  # six held requests shared by three ready workers
+        (0.0, 5.0, 1.0, 5.0),
+        (1.0, 4.0, None, 5.0),  # ready count unknown: no division by an unknown
+        (1.0, 4.0, 0.0, 5.0),
+        (None, 6.0, 3.0, None),  # the workers report nothing: no signal (the decision holds)
+    ],
+)
+def test_held_requests_are_shared_over_the_ready_workers(worker_waiting, router_waiting, ready, expected):
+    assert waiting_per_replica(worker_waiting, router_waiting, ready) == expected
+
+
+def test_requests_held_at_the_router_scale_up_like_a_worker_queue():
+    waiting = waiting_per_replica(0.5, 14.0, 2.0)  # 0.5 + 7 per worker against a target of 4
+    decision = decide(Observation(0.1, waiting, router_waiting=14.0), 2, SPEC, (), NOW)
+    assert decision.replicas == 4 and "queue 7.50 > target" in decision.reason
+
+
+def test_a_request_held_at_zero_replicas_wakes_the_deployment():
+    decision = decide(Observation(None, None, router_waiting=1.0), 0, FROM_ZERO, (), NOW)
+    assert (decision.replicas, decision.direction) == (1, "up")

@@ -3,7 +3,13 @@ tests/integration/autoscaling/)."""
 
 from __future__ import annotations
 
-from mili.operator.prometheus_api import QuerySettings, average_over_ready_pods, pod_selector
+from mili.operator.prometheus_api import (
+    QuerySettings,
+    average_over_ready_pods,
+    pod_selector,
+    ready_workers,
+    router_waiting,
+)
 
 
 def test_queries_select_one_milideployment_by_the_default_labels():
@@ -30,4 +36,14 @@ def test_label_names_window_and_timeout_come_from_the_environment():
 def test_label_values_are_quoted_for_promql():
     assert (
         pod_selector(QuerySettings(), 'we"ird', "a\\b") == '{namespace="we\\"ird",mili_deployment="a\\\\b"}'
+    )
+
+
+def test_held_requests_are_summed_over_router_pods_and_shared_over_ready_workers():
+    selector = '{namespace="prod",mili_deployment="chat"}'
+    assert router_waiting(QuerySettings(), "prod", "chat") == (
+        f"sum(avg_over_time(mili_router_held_requests{selector}[1m]))"
+    )
+    assert ready_workers(QuerySettings(), "prod", "chat") == (
+        f"count(mili_num_requests_waiting{selector} and on(instance) (up{selector} == 1))"
     )

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mili.operator.rendering import render_network_policy, render_service, selector_labels
+from mili.operator.rendering import (
+    KV_EVENTS_PORT,
+    render_deployment,
+    render_network_policy,
+    render_service,
+    selector_labels,
+    worker_args,
+)
 from mili.operator.router import (
+    ready_worker_ips,
     render_role,
     render_role_binding,
     render_router_deployment,
@@ -18,6 +27,7 @@ from mili.operator.router import (
     router_args,
 )
 from mili.operator.spec import SpecError, parse_spec
+from mili_testing import free_port, stop_process, wait_until
 
 IMAGE = "mili-router:test"
 
@@ -86,14 +96,18 @@ def test_the_api_key_reaches_the_router_from_the_secret():
 
 
 def test_the_rendered_arguments_are_ones_vllm_router_accepts():
-    binary = Path(__import__("sys").executable).with_name("vllm-router")
+    binary = Path(sys.executable).with_name("vllm-router")
     if not binary.exists():
         pytest.skip("vllm-router is not installed")
     help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
-    spec = parse_spec("chat", {"apiKeySecretRef": {"name": "keys", "key": "chat"}})
-    for flag in (arg for arg in router_args(spec, "ns") if arg.startswith("--")):
-        assert flag in help_text, f"vllm-router has no {flag}: {shlex.join(router_args(spec, 'ns'))}"
-    assert spec.router.policy in help_text
+    for spec, kv_workers in (
+        (parse_spec("chat", {"apiKeySecretRef": {"name": "keys", "key": "chat"}}), ()),
+        (parse_spec("chat", {"router": {"policy": "kv_aware"}}), ("10.0.0.7",)),
+    ):
+        args = router_args(spec, "ns", kv_workers)
+        for flag in (arg for arg in args if arg.startswith("--")):
+            assert flag in help_text, f"vllm-router has no {flag}: {shlex.join(args)}"
+        assert spec.router.policy in help_text
 
 
 def test_the_router_may_only_read_pods_of_its_namespace():
@@ -153,3 +167,98 @@ def test_a_held_request_may_wait_as_long_as_a_cold_start():
     with pytest.raises(SpecError) as caught:
         parse_spec("chat", {"autoscaling": {"coldStartTimeoutSeconds": 0}})
     assert caught.value.field == "spec.autoscaling.coldStartTimeoutSeconds"
+
+
+def pod(ip: str, deployment: str = "chat", ready: str = "True", **metadata) -> dict:
+    labels = {**selector_labels(deployment), "pod-template-hash": "abc"}
+    return {
+        "metadata": {"labels": labels, **metadata},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]},
+    }
+
+
+def test_kv_aware_workers_publish_kv_events_on_a_named_port_and_others_do_not():
+    kv_aware = parse_spec("chat", {"router": {"policy": "kv_aware"}})
+    assert flag_values(worker_args(kv_aware), "--kv-events-endpoint") == [f"tcp://*:{KV_EVENTS_PORT}"]
+    (container,) = render_deployment(kv_aware, "ns", 1, "w:1")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "kv-events", "containerPort": KV_EVENTS_PORT, "protocol": "TCP"} in container["ports"]
+    for spec in (
+        parse_spec("chat", {}),
+        parse_spec("chat", {"router": {"enabled": False, "policy": "kv_aware"}}),
+    ):
+        assert "--kv-events-endpoint" not in worker_args(spec)
+
+
+def test_a_kv_aware_router_subscribes_to_every_ready_worker_it_is_told():
+    spec = parse_spec("chat", {"model": {"servedName": "qwen"}, "router": {"policy": "kv_aware"}})
+    args = router_args(spec, "ns", ["10.0.0.7", "10.0.0.9"])
+    assert "--service-discovery" not in args and "--selector" not in args
+    assert flag_values(args, "--worker-urls") == ["http://10.0.0.7:8000", "http://10.0.0.9:8000"]
+    sources = [args[i + 1] for i, arg in enumerate(args) if arg == "--kv-event-source"]
+    assert sources == [
+        f"http://10.0.0.7:8000=tcp://10.0.0.7:{KV_EVENTS_PORT}",
+        f"http://10.0.0.9:8000=tcp://10.0.0.9:{KV_EVENTS_PORT}",
+    ]
+    assert flag_values(args, "--kv-event-block-size") == [str(spec.engine.block_size)]
+    assert flag_values(args, "--kv-event-model") == ["qwen"]  # the name the workers serve and clients send
+    at_zero = router_args(spec, "ns", [])
+    assert "--worker-urls" not in at_zero and "--kv-event-source" not in at_zero
+
+
+def test_only_ready_live_pods_of_this_deployment_are_kv_aware_workers():
+    pods = [
+        pod("10.0.0.9"),
+        pod("10.0.0.7"),
+        pod("10.0.0.7"),  # listed twice
+        pod("10.0.0.8", ready="False"),
+        pod("10.0.0.6", deletionTimestamp="2026-01-01T00:00:00Z"),
+        pod("10.0.0.5", deployment="other"),
+        {"metadata": {"labels": selector_labels("chat")}, "status": {}},  # scheduled, no IP yet
+    ]
+    assert ready_worker_ips(pods, "chat") == ["10.0.0.7", "10.0.0.9"]
+
+
+def test_the_network_policy_lets_only_the_router_reach_the_kv_event_publishers():
+    spec = parse_spec("chat", {"router": {"policy": "kv_aware"}})
+    router_pod_labels = render_router_deployment(spec, "ns", IMAGE)["spec"]["template"]["metadata"]["labels"]
+    rules = render_network_policy(spec, "ns", "mili-system")["spec"]["ingress"]
+    (kv_rule,) = [rule for rule in rules if {"protocol": "TCP", "port": "kv-events"} in rule["ports"]]
+    (peer,) = kv_rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= router_pod_labels.items()
+    default_rules = render_network_policy(parse_spec("chat", {}), "ns", "mili-system")["spec"]["ingress"]
+    assert all(port["port"] == "http" for rule in default_rules for port in rule["ports"])
+
+
+def test_kv_aware_without_prefix_caching_is_refused():
+    with pytest.raises(SpecError) as caught:
+        parse_spec("chat", {"router": {"policy": "kv_aware"}, "engine": {"prefixCaching": False}})
+    assert caught.value.field == "spec.router.policy" and "prefixCaching" in str(caught.value)
+
+
+def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
+    at = args.index(flag)
+    return [*args[: at + 1], value, *args[at + 2 :]]
+
+
+def test_the_rendered_kv_aware_arguments_pass_vllm_routers_own_validation(tmp_path):
+    binary = Path(sys.executable).with_name("vllm-router")
+    if not binary.exists():
+        pytest.skip("vllm-router is not installed")
+    args = router_args(parse_spec("chat", {"router": {"policy": "kv_aware"}}), "ns", ["127.0.0.9"])
+    for flag in ("--host", "--prometheus-host"):  # listen on loopback, on free ports
+        args = replace_flag(args, flag, "127.0.0.1")
+    for flag in ("--port", "--prometheus-port"):
+        args = replace_flag(args, flag, str(free_port()))
+    log = tmp_path / "router.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([str(binary), *args], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_until(
+            lambda: "Starting router on" in log.read_text() or process.poll() is not None,
+            "vllm-router to start",
+        )
+        text = log.read_text()
+        assert process.poll() is None and "validation failed" not in text.lower(), text
+        assert f"tcp://127.0.0.9:{KV_EVENTS_PORT}" in text  # its kv_aware policy took the static source
+    finally:
+        stop_process(process)
