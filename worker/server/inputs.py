@@ -27,6 +27,7 @@ def sampling_params(
     max_tokens: int | None,
     logprobs: int | None,
     structured: StructuredOutputsParams | None = None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """The engine's sampling parameters for ``request``; ``max_tokens`` None means "to the context limit"."""
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
@@ -49,6 +50,7 @@ def sampling_params(
             max_tokens=max_tokens,
             min_tokens=request.min_tokens,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             skip_special_tokens=request.skip_special_tokens,
             logit_bias=logit_bias,
             allowed_token_ids=request.allowed_token_ids,
@@ -90,6 +92,12 @@ def check_unsupported(request: SamplingRequest) -> None:
     refuse_unsupported(request.model_dump(exclude_unset=True, by_alias=True), endpoint)
     if request.stream_options is not None and not request.stream:
         raise APIError("stream_options is only allowed with stream: true", param="stream_options")
+    if request.prompt_logprobs is not None and request.stream:
+        raise APIError(
+            "prompt_logprobs is not available with stream: true (as in vLLM); with completions, "
+            "echo with logprobs streams them",
+            param="prompt_logprobs",
+        )
     if isinstance(request, CompletionRequest):
         if request.best_of is not None and request.best_of != request.n:
             raise APIError("best_of must equal n (no best-of ranking is done)", param="best_of")
@@ -102,6 +110,16 @@ def check_unsupported(request: SamplingRequest) -> None:
             "continue_final_message and add_generation_prompt cannot both be true",
             param="continue_final_message",
         )
+
+
+def prompt_logprobs_of(request: SamplingRequest) -> int | None:
+    """Top logprobs per prompt token the request needs: vLLM's ``prompt_logprobs``, or (completions)
+    ``echo`` with ``logprobs``; None when neither asks."""
+    wanted = [request.prompt_logprobs]
+    if isinstance(request, CompletionRequest) and request.echo:
+        wanted.append(request.logprobs)
+    asked = [k for k in wanted if k is not None]
+    return max(asked) if asked else None
 
 
 def max_prompt_chars(max_model_len: int) -> int:

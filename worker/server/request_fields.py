@@ -62,7 +62,8 @@ FIELDS: tuple[RequestField, ...] = (
         "echo",
         "completions",
         "OpenAI",
-        "the prompt comes first in the text; with logprobs a 400 (no prompt logprobs yet)",
+        "the prompt comes first in the text; with logprobs, the prompt's tokens come first in them "
+        "(the first with null logprobs), streamed too",
     ),
     _ok("best_of", "completions", "OpenAI", "must equal n (400 otherwise): no ranking is done"),
     _no("suffix", "completions", "OpenAI", "insertion is not supported"),
@@ -130,7 +131,13 @@ FIELDS: tuple[RequestField, ...] = (
         "exactly one of `json`, `json_object`, `regex`, `choice`, `grammar` (EBNF)",
     ),
     _ok("add_special_tokens", "both", "vLLM", "completions default true, chat default false"),
-    _no("prompt_logprobs", "both", "vLLM", "use echo with logprobs (completions)"),
+    _ok(
+        "prompt_logprobs",
+        "both",
+        "vLLM",
+        "0..20 top logprobs per prompt token, vLLM's shape (per choice on completions, per response "
+        "on chat); not with stream (400); such a request takes no prefix-cache hits",
+    ),
     _no("use_beam_search", "both", "vLLM", "beam search is not supported", False),
     _no("length_penalty", "both", "vLLM", "beam search is not supported", 1.0),
     _no(
