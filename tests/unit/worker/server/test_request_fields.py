@@ -43,7 +43,7 @@ def test_implemented_fields_are_in_the_request_models():
 def test_refused_fields_are_refused_unless_off():
     refuse_unsupported({"store": False, "service_tier": "auto", "use_beam_search": False}, "chat")
     refuse_unsupported({"store": True}, "completions")  # not a completions field: foreign, ignored
-    for body, param in [({"store": True}, "store"), ({"prompt_logprobs": 1}, "prompt_logprobs")]:
+    for body, param in [({"store": True}, "store"), ({"cache_salt": "a"}, "cache_salt")]:
         with pytest.raises(APIError) as raised:
             refuse_unsupported(body, "chat")
         assert raised.value.param == param and param in str(raised.value)
