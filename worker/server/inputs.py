@@ -5,6 +5,10 @@ Everything here raises ``APIError`` (400) with a message that names the field.
 
 from __future__ import annotations
 
+import contextlib
+import json
+from typing import Any
+
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server.errors import APIError
 from mili.worker.server.limits import MAX_CHOICES, PROMPT_CHARS_PER_TOKEN
@@ -183,10 +187,13 @@ def _check_length(text: str, max_chars: int, where: str, param: str) -> None:
 def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest, max_chars: int) -> list[int]:
     """Token ids of the conversation rendered with the model's chat template."""
     messages = []
+    template_knows_tool_calls = "tool_calls" in (tokenizer.chat_template or "")
     for message in request.messages:
         fields = message.model_dump(exclude_none=True)
         if fields["role"] == "developer":  # OpenAI's newer name for the system role
             fields["role"] = "system"
+        if fields.get("tool_calls") and not template_knows_tool_calls:
+            fields = tool_calls_as_text(fields)
         messages.append(fields)
     extra = dict(request.chat_template_kwargs or {})
     if request.tools:
@@ -209,6 +216,23 @@ def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest, max_chars:
     if not token_ids:
         raise APIError("the conversation renders to an empty prompt", param="messages")
     return truncate(token_ids, request.truncate_prompt_tokens)
+
+
+def tool_calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant turn's ``tool_calls`` as its text, for a chat template that knows no tool calls:
+    the JSON array of ``{"name", "arguments"}`` that ``tool_choice`` "required" makes a model write,
+    after any content, so the next turn sees what was called."""
+    calls = []
+    for call in message["tool_calls"]:
+        function = call.get("function", {}) if isinstance(call, dict) else {}
+        arguments = function.get("arguments", "{}")
+        with contextlib.suppress(json.JSONDecodeError):  # else kept as the string the client sent
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        calls.append({"name": function.get("name"), "arguments": arguments})
+    content = message.get("content") or ""
+    text = json.dumps(calls, ensure_ascii=False)
+    rest = {key: value for key, value in message.items() if key != "tool_calls"}
+    return {**rest, "content": f"{content}\n{text}" if content else text}
 
 
 def _cut_after_final_message(text: str, final: dict) -> str:
