@@ -18,6 +18,7 @@ from mili.worker.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingRequest,
+    StreamOptions,
 )
 from mili.worker.server.request_fields import refuse_unsupported
 from mili.worker.structured.spec import StructuredOutputsParams
@@ -80,9 +81,12 @@ def token_biases(logit_bias: dict[str, float] | None) -> dict[int, float] | None
     return biases
 
 
-def truncate(token_ids: list[int], keep: int | None) -> list[int]:
-    """``truncate_prompt_tokens``: the prompt's last ``keep`` tokens."""
-    return token_ids if keep is None or keep >= len(token_ids) else token_ids[-keep:]
+def truncate(token_ids: list[int], keep: int | None, side: str | None = None) -> list[int]:
+    """``truncate_prompt_tokens``: the prompt's last ``keep`` tokens (``truncation_side`` "left", the
+    default) or its first (``"right"``)."""
+    if keep is None or keep >= len(token_ids):
+        return token_ids
+    return token_ids[:keep] if side == "right" else token_ids[-keep:]
 
 
 def _field_named_in(message: str) -> str | None:
@@ -96,6 +100,8 @@ def check_unsupported(request: SamplingRequest) -> None:
     refuse_unsupported(request.model_dump(exclude_unset=True, by_alias=True), endpoint)
     if request.stream_options is not None and not request.stream:
         raise APIError("stream_options is only allowed with stream: true", param="stream_options")
+    if request.stream_options is not None:
+        _check_stream_options(request.stream_options)
     if request.prompt_logprobs is not None and request.stream:
         raise APIError(
             "prompt_logprobs is not available with stream: true (as in vLLM); with completions, "
@@ -113,6 +119,20 @@ def check_unsupported(request: SamplingRequest) -> None:
         raise APIError(
             "continue_final_message and add_generation_prompt cannot both be true",
             param="continue_final_message",
+        )
+
+
+def _check_stream_options(options: StreamOptions) -> None:
+    if options.continuous_usage_stats:
+        raise APIError(
+            "stream_options.continuous_usage_stats is not supported: use include_usage (one usage "
+            "chunk at the end)",
+            param="stream_options",
+        )
+    if options.include_obfuscation:
+        raise APIError(
+            "stream_options.include_obfuscation is not supported: chunks carry no obfuscation field",
+            param="stream_options",
         )
 
 
@@ -158,6 +178,7 @@ def completion_prompts(
     max_chars: int,
     add_special_tokens: bool = True,
     truncate_to: int | None = None,
+    truncation_side: str | None = None,
 ) -> list[list[int]]:
     """Token ids of each prompt of a completions request (text, ids, or a batch of either)."""
     batch = _prompt_batch(prompt)
@@ -171,7 +192,7 @@ def completion_prompts(
             token_ids = item
         if not token_ids:
             raise APIError(f"{where} must not be empty", param="prompt")
-        prompts.append(truncate(list(token_ids), truncate_to))
+        prompts.append(truncate(list(token_ids), truncate_to, truncation_side))
     return prompts
 
 
@@ -215,7 +236,7 @@ def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest, max_chars:
     token_ids = _encode(tokenizer, text, "messages", add_special_tokens=bool(request.add_special_tokens))
     if not token_ids:
         raise APIError("the conversation renders to an empty prompt", param="messages")
-    return truncate(token_ids, request.truncate_prompt_tokens)
+    return truncate(token_ids, request.truncate_prompt_tokens, request.truncation_side)
 
 
 def tool_calls_as_text(message: dict[str, Any]) -> dict[str, Any]:

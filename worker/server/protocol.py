@@ -31,6 +31,8 @@ class _Request(BaseModel):
 
 class StreamOptions(_Request):
     include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None  # vLLM's; refused when true
+    include_obfuscation: bool | None = None  # OpenAI's; refused when true
 
 
 class JsonSchemaFormat(_Request):
@@ -91,6 +93,7 @@ class SamplingRequest(_Request):
     allowed_token_ids: list[int] | None = Field(None, min_length=1, max_length=MAX_TOKEN_LIST)
     bad_words: list[str] | None = Field(None, max_length=MAX_BAD_WORDS)
     truncate_prompt_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    truncation_side: Literal["left", "right"] | None = None
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_special_tokens: bool | None = None
     response_format: ResponseFormat | None = None

@@ -186,6 +186,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
             max_chars,
             body.add_special_tokens is not False,
             body.truncate_prompt_tokens,
+            body.truncation_side,
         )
         if body.echo:
             call.echoes = [tokenizer.decode(ids, skip_special_tokens=False) for ids in prompts]

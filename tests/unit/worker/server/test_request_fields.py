@@ -14,6 +14,134 @@ from mili.worker.server.protocol import ChatCompletionRequest, CompletionRequest
 from mili.worker.server.request_fields import FIELDS, fields_of, markdown_table, refuse_unsupported
 
 DOCS = Path(__file__).parents[4] / "docs" / "server.md"
+# The request fields of vLLM 0.32.0 (its ChatCompletionRequest and CompletionRequest), recorded.
+VLLM_CHAT_FIELDS = [
+    "messages",
+    "model",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "presence_penalty",
+    "response_format",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "reasoning_effort",
+    "thinking_token_budget",
+    "include_reasoning",
+    "parallel_tool_calls",
+    "user",
+    "use_beam_search",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "watermarking",
+    "length_penalty",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "ignore_eos",
+    "min_tokens",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "truncate_prompt_tokens",
+    "truncation_side",
+    "prompt_logprobs",
+    "logprob_token_ids",
+    "allowed_token_ids",
+    "bad_words",
+    "echo",
+    "add_generation_prompt",
+    "continue_final_message",
+    "add_special_tokens",
+    "documents",
+    "chat_template",
+    "chat_template_kwargs",
+    "media_io_kwargs",
+    "mm_processor_kwargs",
+    "structured_outputs",
+    "priority",
+    "request_id",
+    "session_id",
+    "return_tokens_as_token_ids",
+    "return_token_ids",
+    "routed_experts_prompt_start",
+    "return_token_offsets",
+    "return_prompt_text",
+    "mm_payload",
+    "return_mm_kwargs",
+    "cache_salt",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "vllm_xargs",
+    "repetition_detection",
+    "stream_interval",
+]
+VLLM_COMPLETIONS_FIELDS = [
+    "model",
+    "prompt",
+    "echo",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "max_tokens",
+    "n",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "suffix",
+    "temperature",
+    "top_p",
+    "user",
+    "use_beam_search",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "watermarking",
+    "length_penalty",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "ignore_eos",
+    "min_tokens",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "truncate_prompt_tokens",
+    "truncation_side",
+    "allowed_token_ids",
+    "prompt_logprobs",
+    "logprob_token_ids",
+    "bad_words",
+    "prompt_embeds",
+    "add_special_tokens",
+    "response_format",
+    "structured_outputs",
+    "priority",
+    "request_id",
+    "session_id",
+    "return_tokens_as_token_ids",
+    "return_token_ids",
+    "routed_experts_prompt_start",
+    "return_token_offsets",
+    "mm_payload",
+    "return_mm_kwargs",
+    "cache_salt",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "vllm_xargs",
+    "repetition_detection",
+    "thinking_token_budget",
+    "stream_interval",
+]
 
 
 def test_the_docs_table_is_the_declaration():
@@ -32,12 +160,22 @@ def test_every_openai_field_is_declared(endpoint, openai_fields):
     assert set(openai_fields) - declared == set()
 
 
+@pytest.mark.parametrize(
+    "endpoint, vllm_fields", [("chat", VLLM_CHAT_FIELDS), ("completions", VLLM_COMPLETIONS_FIELDS)]
+)
+def test_every_vllm_field_is_declared(endpoint, vllm_fields):
+    declared = {field.name for field in fields_of(endpoint)}
+    assert [name for name in vllm_fields if name not in declared] == []
+
+
 def test_implemented_fields_are_in_the_request_models():
     models = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
     for endpoint, model in models.items():
         names = {info.alias or name for name, info in model.model_fields.items()} | {"stream_options", "user"}
         missing = [f.name for f in fields_of(endpoint) if f.implemented and f.name not in names]
-        assert missing in ([], ["prompt_cache_key", "safety_identifier"]), missing
+        assert missing in ([], ["session_id"], ["prompt_cache_key", "safety_identifier", "session_id"]), (
+            missing
+        )
 
 
 def test_refused_fields_are_refused_unless_off():
