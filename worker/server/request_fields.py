@@ -193,7 +193,12 @@ FIELDS: tuple[RequestField, ...] = (
     _ok("chat_template_kwargs", "chat", "vLLM", "template variables, e.g. enable_thinking"),
     _ok("documents", "chat", "vLLM", "passed to the chat template"),
     _no("echo", "chat", "vLLM", "not supported for chat", False),
-    _no("include_reasoning", "chat", "vLLM", "reasoning is always included (with --reasoning-parser)", True),
+    _ok(
+        "include_reasoning",
+        "chat",
+        "vLLM",
+        "false drops reasoning_content (the thinking is still parsed off)",
+    ),
     _no("return_prompt_text", "chat", "vLLM", "not supported", False),
     _no("chat_template", "chat", "vLLM", "the model's own template is used"),
     _no("mm_processor_kwargs", "chat", "vLLM", "multimodal input is not supported"),

@@ -230,6 +230,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     call.num_top_logprobs = top_logprobs
     call.tool_plan = plan
     call.vllm_prompt_logprobs = body.prompt_logprobs is not None
+    call.include_reasoning = body.include_reasoning
     with _admitted(state, 1):
         prompt = await run_in_threadpool(inputs.chat_prompt, tokenizer, body, max_chars)
         await call.start([prompt], params, arrival, prompt_param="messages")
@@ -300,6 +301,7 @@ class _Call:
         self.echoes: list[str] | None = None  # completions with echo: each prompt's text
         self.echoed_ids: list[list[int]] | None = None  # echo with logprobs: each prompt's token ids
         self.vllm_prompt_logprobs = False  # vLLM's prompt_logprobs field was set
+        self.include_reasoning = True  # chat: vLLM's include_reasoning
         self.request_ids: list[str] = []
         self.stream: OutputStream | None = None
 
@@ -394,7 +396,7 @@ class _Call:
         )
 
     def _choice_parser(self) -> ChoiceParser:
-        return ChoiceParser(self.tool_plan, self.state.chat.reasoning_parser)
+        return ChoiceParser(self.tool_plan, self.state.chat.reasoning_parser, self.include_reasoning)
 
     def chat_response(self, choices: list[CompletionOutput]) -> ChatCompletion:
         built = []

@@ -514,3 +514,6 @@ def test_reasoning_content_is_split_off(client, tool_server):
     )
     content = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert (reasoning, content) == (message.reasoning_content, message.content)
+    body["extra_body"] = {**body["extra_body"], "include_reasoning": False}
+    without = client.chat.completions.create(**body, seed=4).choices[0].message
+    assert getattr(without, "reasoning_content", None) is None and without.content == message.content
