@@ -15,133 +15,26 @@ from mili.worker.server.request_fields import FIELDS, fields_of, markdown_table,
 
 DOCS = Path(__file__).parents[4] / "docs" / "server.md"
 # The request fields of vLLM 0.32.0 (its ChatCompletionRequest and CompletionRequest), recorded.
-VLLM_CHAT_FIELDS = [
-    "messages",
-    "model",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "presence_penalty",
-    "response_format",
-    "seed",
-    "stop",
-    "stream",
-    "stream_options",
-    "temperature",
-    "top_p",
-    "tools",
-    "tool_choice",
-    "reasoning_effort",
-    "thinking_token_budget",
-    "include_reasoning",
-    "parallel_tool_calls",
-    "user",
-    "use_beam_search",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "watermarking",
-    "length_penalty",
-    "stop_token_ids",
-    "include_stop_str_in_output",
-    "ignore_eos",
-    "min_tokens",
-    "skip_special_tokens",
-    "spaces_between_special_tokens",
-    "truncate_prompt_tokens",
-    "truncation_side",
-    "prompt_logprobs",
-    "logprob_token_ids",
-    "allowed_token_ids",
-    "bad_words",
-    "echo",
-    "add_generation_prompt",
-    "continue_final_message",
-    "add_special_tokens",
-    "documents",
-    "chat_template",
-    "chat_template_kwargs",
-    "media_io_kwargs",
-    "mm_processor_kwargs",
-    "structured_outputs",
-    "priority",
-    "request_id",
-    "session_id",
-    "return_tokens_as_token_ids",
-    "return_token_ids",
-    "routed_experts_prompt_start",
-    "return_token_offsets",
-    "return_prompt_text",
-    "mm_payload",
-    "return_mm_kwargs",
-    "cache_salt",
-    "kv_transfer_params",
-    "ec_transfer_params",
-    "vllm_xargs",
-    "repetition_detection",
-    "stream_interval",
-]
-VLLM_COMPLETIONS_FIELDS = [
-    "model",
-    "prompt",
-    "echo",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "max_tokens",
-    "n",
-    "presence_penalty",
-    "seed",
-    "stop",
-    "stream",
-    "stream_options",
-    "suffix",
-    "temperature",
-    "top_p",
-    "user",
-    "use_beam_search",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "watermarking",
-    "length_penalty",
-    "stop_token_ids",
-    "include_stop_str_in_output",
-    "ignore_eos",
-    "min_tokens",
-    "skip_special_tokens",
-    "spaces_between_special_tokens",
-    "truncate_prompt_tokens",
-    "truncation_side",
-    "allowed_token_ids",
-    "prompt_logprobs",
-    "logprob_token_ids",
-    "bad_words",
-    "prompt_embeds",
-    "add_special_tokens",
-    "response_format",
-    "structured_outputs",
-    "priority",
-    "request_id",
-    "session_id",
-    "return_tokens_as_token_ids",
-    "return_token_ids",
-    "routed_experts_prompt_start",
-    "return_token_offsets",
-    "mm_payload",
-    "return_mm_kwargs",
-    "cache_salt",
-    "kv_transfer_params",
-    "ec_transfer_params",
-    "vllm_xargs",
-    "repetition_detection",
-    "thinking_token_budget",
-    "stream_interval",
-]
+_VLLM_SHARED = """
+    model frequency_penalty logit_bias logprobs max_tokens n presence_penalty response_format seed
+    stop stream stream_options temperature top_p thinking_token_budget user use_beam_search top_k
+    min_p repetition_penalty watermarking length_penalty stop_token_ids include_stop_str_in_output
+    ignore_eos min_tokens skip_special_tokens spaces_between_special_tokens truncate_prompt_tokens
+    truncation_side prompt_logprobs logprob_token_ids allowed_token_ids bad_words echo
+    add_special_tokens structured_outputs priority request_id session_id return_tokens_as_token_ids
+    return_token_ids routed_experts_prompt_start return_token_offsets mm_payload return_mm_kwargs
+    cache_salt kv_transfer_params ec_transfer_params vllm_xargs repetition_detection stream_interval
+"""
+_VLLM_CHAT_ONLY = """
+    messages top_logprobs max_completion_tokens tools tool_choice reasoning_effort include_reasoning
+    parallel_tool_calls add_generation_prompt continue_final_message documents chat_template
+    chat_template_kwargs media_io_kwargs mm_processor_kwargs return_prompt_text
+"""
+_VLLM_COMPLETIONS_ONLY = """
+    prompt suffix prompt_embeds
+"""
+VLLM_CHAT_FIELDS = (_VLLM_SHARED + _VLLM_CHAT_ONLY).split()
+VLLM_COMPLETIONS_FIELDS = (_VLLM_SHARED + _VLLM_COMPLETIONS_ONLY).split()
 
 
 def test_the_docs_table_is_the_declaration():

@@ -58,22 +58,26 @@ def as_comparable(calls) -> list[tuple[str, object]]:
     return [(call.name, json.loads(call.arguments)) for call in calls]
 
 
-@pytest.mark.parametrize(
-    "text", [WEATHER, TWO_CALLS, ARGUMENTS_FIRST, STRING_ARGUMENTS, NOT_A_CALL, PLAIN, UNTERMINATED]
-)
-def test_streaming_at_any_split_gives_the_whole_text_result(text):
-    whole_content, whole_calls = parse_tool_calls(text)
+def assert_any_split_gives_the_whole_text_result(text: str, parser: str) -> None:
+    whole_content, whole_calls = parse_tool_calls(text, parser)
     for cut in range(1, len(text) + 1):
-        content, deltas = streamed(text, cut)
+        content, deltas = streamed(text, cut, parser)
         assert (content or None) == whole_content, cut
         assert as_comparable(merge_tool_deltas(deltas)) == as_comparable(whole_calls), cut
     # and split at every single boundary (two pieces)
     for boundary in range(len(text) + 1):
-        stream = HermesToolStream()
+        stream = TOOL_PARSERS[parser]()
         pieces = [stream.feed(text[:boundary]), stream.feed(text[boundary:]), stream.finish()]
         assert ("".join(p.content for p in pieces) or None) == whole_content
         calls = merge_tool_deltas([d for p in pieces for d in p.calls])
         assert as_comparable(calls) == as_comparable(whole_calls)
+
+
+@pytest.mark.parametrize(
+    "text", [WEATHER, TWO_CALLS, ARGUMENTS_FIRST, STRING_ARGUMENTS, NOT_A_CALL, PLAIN, UNTERMINATED]
+)
+def test_streaming_at_any_split_gives_the_whole_text_result(text):
+    assert_any_split_gives_the_whole_text_result(text, "hermes")
 
 
 def test_calls_and_content_are_parsed():
@@ -110,17 +114,7 @@ def test_streaming_sends_the_header_first_then_argument_pieces():
 
 @pytest.mark.parametrize("text", LLAMA_TEXTS)
 def test_llama3_json_streaming_at_any_split_gives_the_whole_text_result(text):
-    whole_content, whole_calls = parse_tool_calls(text, "llama3_json")
-    for cut in range(1, len(text) + 1):
-        content, deltas = streamed(text, cut, "llama3_json")
-        assert (content or None) == whole_content, cut
-        assert as_comparable(merge_tool_deltas(deltas)) == as_comparable(whole_calls), cut
-    for boundary in range(len(text) + 1):
-        stream = TOOL_PARSERS["llama3_json"]()
-        pieces = [stream.feed(text[:boundary]), stream.feed(text[boundary:]), stream.finish()]
-        assert ("".join(p.content for p in pieces) or None) == whole_content
-        calls = merge_tool_deltas([d for p in pieces for d in p.calls])
-        assert as_comparable(calls) == as_comparable(whole_calls)
+    assert_any_split_gives_the_whole_text_result(text, "llama3_json")
 
 
 def test_llama3_json_calls_and_content():
