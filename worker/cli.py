@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     server.add_argument(
         "--tool-call-parser", default=None,
-        help="parse the model's tool calls for tool_choice 'auto' (hermes: Hermes, Qwen2.5, Qwen3)",
+        help="parse the model's tool calls for tool_choice 'auto' "
+        "(hermes: Hermes, Qwen2.5, Qwen3; llama3_json: Llama 3.1+)",
     )  # fmt: skip
     server.add_argument(
         "--reasoning-parser", default=None,

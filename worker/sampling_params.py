@@ -37,6 +37,7 @@ class SamplingParams:
     max_tokens: int | None = 16  # None = up to the model's context limit
     min_tokens: int = 0
     logprobs: int | None = None  # number of top logprobs per generated token (0 = only the sampled one)
+    prompt_logprobs: int | None = None  # the same per prompt token (computed in prefill; see engine.md)
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None  # added to the logits of these ids, in [-100, 100]
     allowed_token_ids: list[int] | None = None  # only these ids may be sampled
@@ -78,6 +79,10 @@ class SamplingParams:
             (
                 self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
                 f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}",
+            ),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
+                f"prompt_logprobs must be in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs}",
             ),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             (

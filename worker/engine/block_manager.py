@@ -63,13 +63,14 @@ class BlockManager:
         return self.blocks_needed(seq, num_new_tokens) <= self.num_free_blocks
 
     # --- sequence lifecycle -----------------------------------------------------------------------
-    def match_prefix(self, seq: Sequence) -> int:
+    def match_prefix(self, seq: Sequence, reuse: bool = True) -> int:
         """Share the longest cached prefix of a new sequence's tokens (its prefill skips them).
-        Always leaves at least one token to compute, so the step produces logits. Returns hit tokens."""
+        Always leaves at least one token to compute, so the step produces logits. Returns hit tokens.
+        With ``reuse`` off nothing is shared, but the blocks it computes are still published."""
         assert not seq.block_table and seq.num_computed_tokens == 0
         if self.prefix_cache is None:
             return 0
-        chain = self.prefix_cache.match(seq.token_ids, self._shareable_blocks(seq))
+        chain = self.prefix_cache.match(seq.token_ids, self._shareable_blocks(seq)) if reuse else []
         for node in chain:
             self._ref(node.block_id)
         seq.block_table = [node.block_id for node in chain]

@@ -20,6 +20,7 @@ from mili.worker.engine.cuda_graphs import (
     graphs_off_reason,
     measure_capture_bytes,
 )
+from mili.worker.engine.prompt_logprobs import gather_prompt_logprobs
 from mili.worker.engine.sampler import Sampler, SampleResult
 from mili.worker.engine.scheduler import ScheduledBatch, ScheduledSequence
 from mili.worker.models.loader import load_model
@@ -205,6 +206,8 @@ class ModelRunner:
                 hidden = self.model(input_ids, positions)
             finally:
                 set_context(None)
+        if batch.prefills:
+            gather_prompt_logprobs(batch, hidden, self.model.compute_logits)
         seqs = [entry.seq for entry in batch.entries if entry.samples]
         if not seqs:  # only prefill chunks that end before their prompt does
             return []

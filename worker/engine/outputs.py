@@ -62,6 +62,8 @@ class RequestDelta:
     finished: bool
     metrics: RequestMetrics
     error: str | None = None
+    # per prompt token (the first None), in the request's first delta with sequences, when asked for
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics
     error: str | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 @dataclass
@@ -145,8 +148,11 @@ class RequestAccumulator:
         self.finished = False
         self.error: str | None = None
         self.metrics: RequestMetrics | None = None
+        self.prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     def add(self, delta: RequestDelta) -> None:
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs
         for sequence in delta.sequences:
             self.sequences[sequence.index].add(sequence)
         self.finished = delta.finished
@@ -162,4 +168,5 @@ class RequestAccumulator:
             finished=self.finished,
             metrics=self.metrics,
             error=self.error,
+            prompt_logprobs=self.prompt_logprobs,
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from mili.worker.detokenizer import IncrementalDetokenizer
 from mili.worker.engine.outputs import RequestDelta, RequestMetrics, SequenceDelta
+from mili.worker.engine.prompt_logprobs import PromptLogprobs
 from mili.worker.engine.sequence import Sequence, TokenLogprobs
 from mili.worker.engine.stop_checker import StopMatcher, StopStrings
 from mili.worker.sampling_params import SamplingParams
@@ -48,6 +49,10 @@ class Request:
                 self.tokenizer, self.prompt_token_ids, skip_special_tokens=self.params.skip_special_tokens
             )
             self.states.append(_SequenceState(seq, detokenizer, stops.matcher()))
+        if self.params.prompt_logprobs is not None:  # once per request, on its first sequence
+            self.states[0].seq.prompt_logprobs = PromptLogprobs(
+                self.params.prompt_logprobs, len(self.prompt_token_ids)
+            )
 
     @property
     def seqs(self) -> list[Sequence]:
@@ -121,7 +126,12 @@ class Request:
         return state.delta
 
     def take_delta(self) -> RequestDelta:
-        """What moved since the last call, as one delta (the sequences that moved, in index order)."""
+        """What moved since the last call, as one delta (the sequences that moved, in index order).
+
+        A request that asked for prompt logprobs sends nothing until they are complete, then sends
+        them once, with the first tokens: a reader sees them before any output."""
+        if self._waits_for_prompt_logprobs:
+            return RequestDelta(self.request_id, len(self.prompt_token_ids), [], False, self.metrics)
         moved = [state.delta for state in self.states if state.delta is not None]
         for state in self.states:
             state.delta = None
@@ -132,4 +142,19 @@ class Request:
             finished=self.finished,
             metrics=self.metrics,
             error=self.error,
+            prompt_logprobs=self._take_prompt_logprobs(),
         )
+
+    @property
+    def _waits_for_prompt_logprobs(self) -> bool:
+        collector = self.states[0].seq.prompt_logprobs
+        return collector is not None and not collector.complete and not self.finished
+
+    def _take_prompt_logprobs(self) -> list[TokenLogprobs | None] | None:
+        """The prompt logprobs once complete; the sequence then forgets them."""
+        seq = self.states[0].seq
+        collector = seq.prompt_logprobs
+        if collector is None or not collector.complete:
+            return None
+        seq.prompt_logprobs = None  # delivered: a recompute after preemption may use the prefix cache
+        return collector.entries

@@ -139,7 +139,8 @@ class Scheduler:
     def _admit(self, seq: Sequence, budget: int) -> int:
         """Reserve blocks for the first chunk of a waiting sequence; returns its size, 0 if it can't go."""
         if self.prefix_caching:
-            self.block_manager.match_prefix(seq)
+            # prompt logprobs need logits at every prompt position: cached tokens have none
+            self.block_manager.match_prefix(seq, reuse=seq.prompt_logprobs is None)
         num_tokens = min(seq.num_uncomputed_tokens, budget)
         if self.block_manager.allocate(seq, num_tokens):
             self.block_manager.record_admission(seq)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from mili.worker.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from mili.worker.engine.prompt_logprobs import PromptLogprobs
     from mili.worker.structured.matcher import GrammarState
     from mili.worker.structured.token_constraints import TokenConstraints
 
@@ -28,6 +29,7 @@ class TokenLogprobs:
     token_id: int
     logprob: float
     top: dict[int, float]
+    rank: int | None = None  # of token_id in the vocabulary (1 = most likely), where it was computed
 
 
 _ids = itertools.count()
@@ -54,6 +56,7 @@ class Sequence:
     first_token_time: float | None = None
     grammar: GrammarState | None = None  # the grammar its output follows, while it runs
     token_constraints: TokenConstraints | None = None  # logit_bias, allowed_token_ids, bad_words
+    prompt_logprobs: PromptLogprobs | None = None  # gathered during prefill until delivered
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from mili.worker.config import EngineConfig
 from mili.worker.engine.llm_engine import LLMEngine, RequestRejected, StepFailed
 from mili.worker.engine.outputs import OutputAccumulator, RequestDelta, SequenceDelta
+from mili.worker.engine.sequence import TokenLogprobs
 from mili.worker.metrics import WorkerMetrics
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server.limits import HealthLimits
@@ -77,6 +78,7 @@ class OutputStream:
         self.num_prompt_tokens = 0
         self.num_completion_tokens = 0
         self._unfinished = num_requests
+        self.prompt_logprobs: dict[int, list[TokenLogprobs | None]] = {}  # per prompt index, when asked
         self._pending: dict[int, OutputAccumulator] = {}
         self._error: RequestFailed | None = None
         self._wakeup = asyncio.Event()
@@ -88,6 +90,8 @@ class OutputStream:
     def put(self, prompt_index: int, delta: RequestDelta) -> None:
         if delta.error is not None:
             self._error = RequestFailed(delta.error)
+        if delta.prompt_logprobs is not None:  # the engine sends them before any of the prompt's text
+            self.prompt_logprobs[prompt_index] = delta.prompt_logprobs
         for sequence in delta.sequences:
             choice = prompt_index * self.n + sequence.index
             pending = self._pending.get(choice)

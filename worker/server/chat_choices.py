@@ -71,8 +71,11 @@ def _call_delta(call: ParsedCallDelta) -> ToolCallDelta:
 
 
 class ChoiceParser:
-    def __init__(self, plan: ToolPlan | None, reasoning_parser: str | None) -> None:
+    def __init__(
+        self, plan: ToolPlan | None, reasoning_parser: str | None, include_reasoning: bool = True
+    ) -> None:
         self._reasoning = REASONING_PARSERS[reasoning_parser]() if reasoning_parser else None
+        self._include_reasoning = include_reasoning  # vLLM's include_reasoning: false drops it
         self._tools = _tool_stream(plan)
         self._single_call = plan is not None and not plan.parallel
         self._pieces: list[MessagePiece] = []
@@ -125,7 +128,7 @@ class ChoiceParser:
         return parsed
 
     def _keep(self, parsed: ToolParseDelta, reasoning: str) -> MessagePiece:
-        piece = MessagePiece(parsed.content, reasoning, parsed.calls)
+        piece = MessagePiece(parsed.content, reasoning if self._include_reasoning else "", parsed.calls)
         self._pieces.append(piece)
         return piece
 

@@ -5,6 +5,10 @@ Everything here raises ``APIError`` (400) with a message that names the field.
 
 from __future__ import annotations
 
+import contextlib
+import json
+from typing import Any
+
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server.errors import APIError
 from mili.worker.server.limits import MAX_CHOICES, PROMPT_CHARS_PER_TOKEN
@@ -14,6 +18,7 @@ from mili.worker.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingRequest,
+    StreamOptions,
 )
 from mili.worker.server.request_fields import refuse_unsupported
 from mili.worker.structured.spec import StructuredOutputsParams
@@ -27,6 +32,7 @@ def sampling_params(
     max_tokens: int | None,
     logprobs: int | None,
     structured: StructuredOutputsParams | None = None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """The engine's sampling parameters for ``request``; ``max_tokens`` None means "to the context limit"."""
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
@@ -49,6 +55,7 @@ def sampling_params(
             max_tokens=max_tokens,
             min_tokens=request.min_tokens,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             skip_special_tokens=request.skip_special_tokens,
             logit_bias=logit_bias,
             allowed_token_ids=request.allowed_token_ids,
@@ -74,9 +81,12 @@ def token_biases(logit_bias: dict[str, float] | None) -> dict[int, float] | None
     return biases
 
 
-def truncate(token_ids: list[int], keep: int | None) -> list[int]:
-    """``truncate_prompt_tokens``: the prompt's last ``keep`` tokens."""
-    return token_ids if keep is None or keep >= len(token_ids) else token_ids[-keep:]
+def truncate(token_ids: list[int], keep: int | None, side: str | None = None) -> list[int]:
+    """``truncate_prompt_tokens``: the prompt's last ``keep`` tokens (``truncation_side`` "left", the
+    default) or its first (``"right"``)."""
+    if keep is None or keep >= len(token_ids):
+        return token_ids
+    return token_ids[:keep] if side == "right" else token_ids[-keep:]
 
 
 def _field_named_in(message: str) -> str | None:
@@ -90,6 +100,14 @@ def check_unsupported(request: SamplingRequest) -> None:
     refuse_unsupported(request.model_dump(exclude_unset=True, by_alias=True), endpoint)
     if request.stream_options is not None and not request.stream:
         raise APIError("stream_options is only allowed with stream: true", param="stream_options")
+    if request.stream_options is not None:
+        _check_stream_options(request.stream_options)
+    if request.prompt_logprobs is not None and request.stream:
+        raise APIError(
+            "prompt_logprobs is not available with stream: true (as in vLLM); with completions, "
+            "echo with logprobs streams them",
+            param="prompt_logprobs",
+        )
     if isinstance(request, CompletionRequest):
         if request.best_of is not None and request.best_of != request.n:
             raise APIError("best_of must equal n (no best-of ranking is done)", param="best_of")
@@ -102,6 +120,30 @@ def check_unsupported(request: SamplingRequest) -> None:
             "continue_final_message and add_generation_prompt cannot both be true",
             param="continue_final_message",
         )
+
+
+def _check_stream_options(options: StreamOptions) -> None:
+    if options.continuous_usage_stats:
+        raise APIError(
+            "stream_options.continuous_usage_stats is not supported: use include_usage (one usage "
+            "chunk at the end)",
+            param="stream_options",
+        )
+    if options.include_obfuscation:
+        raise APIError(
+            "stream_options.include_obfuscation is not supported: chunks carry no obfuscation field",
+            param="stream_options",
+        )
+
+
+def prompt_logprobs_of(request: SamplingRequest) -> int | None:
+    """Top logprobs per prompt token the request needs: vLLM's ``prompt_logprobs``, or (completions)
+    ``echo`` with ``logprobs``; None when neither asks."""
+    wanted = [request.prompt_logprobs]
+    if isinstance(request, CompletionRequest) and request.echo:
+        wanted.append(request.logprobs)
+    asked = [k for k in wanted if k is not None]
+    return max(asked) if asked else None
 
 
 def max_prompt_chars(max_model_len: int) -> int:
@@ -136,6 +178,7 @@ def completion_prompts(
     max_chars: int,
     add_special_tokens: bool = True,
     truncate_to: int | None = None,
+    truncation_side: str | None = None,
 ) -> list[list[int]]:
     """Token ids of each prompt of a completions request (text, ids, or a batch of either)."""
     batch = _prompt_batch(prompt)
@@ -149,7 +192,7 @@ def completion_prompts(
             token_ids = item
         if not token_ids:
             raise APIError(f"{where} must not be empty", param="prompt")
-        prompts.append(truncate(list(token_ids), truncate_to))
+        prompts.append(truncate(list(token_ids), truncate_to, truncation_side))
     return prompts
 
 
@@ -165,10 +208,13 @@ def _check_length(text: str, max_chars: int, where: str, param: str) -> None:
 def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest, max_chars: int) -> list[int]:
     """Token ids of the conversation rendered with the model's chat template."""
     messages = []
+    template_knows_tool_calls = "tool_calls" in (tokenizer.chat_template or "")
     for message in request.messages:
         fields = message.model_dump(exclude_none=True)
         if fields["role"] == "developer":  # OpenAI's newer name for the system role
             fields["role"] = "system"
+        if fields.get("tool_calls") and not template_knows_tool_calls:
+            fields = tool_calls_as_text(fields)
         messages.append(fields)
     extra = dict(request.chat_template_kwargs or {})
     if request.tools:
@@ -190,7 +236,24 @@ def chat_prompt(tokenizer: Tokenizer, request: ChatCompletionRequest, max_chars:
     token_ids = _encode(tokenizer, text, "messages", add_special_tokens=bool(request.add_special_tokens))
     if not token_ids:
         raise APIError("the conversation renders to an empty prompt", param="messages")
-    return truncate(token_ids, request.truncate_prompt_tokens)
+    return truncate(token_ids, request.truncate_prompt_tokens, request.truncation_side)
+
+
+def tool_calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant turn's ``tool_calls`` as its text, for a chat template that knows no tool calls:
+    the JSON array of ``{"name", "arguments"}`` that ``tool_choice`` "required" makes a model write,
+    after any content, so the next turn sees what was called."""
+    calls = []
+    for call in message["tool_calls"]:
+        function = call.get("function", {}) if isinstance(call, dict) else {}
+        arguments = function.get("arguments", "{}")
+        with contextlib.suppress(json.JSONDecodeError):  # else kept as the string the client sent
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        calls.append({"name": function.get("name"), "arguments": arguments})
+    content = message.get("content") or ""
+    text = json.dumps(calls, ensure_ascii=False)
+    rest = {key: value for key, value in message.items() if key != "tool_calls"}
+    return {**rest, "content": f"{content}\n{text}" if content else text}
 
 
 def _cut_after_final_message(text: str, final: dict) -> str:

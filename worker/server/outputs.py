@@ -13,6 +13,8 @@ from mili.worker.server.protocol import (
     ChatLogprobs,
     Completion,
     CompletionLogprobs,
+    PromptLogprob,
+    PromptLogprobs,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -76,6 +78,44 @@ class LogprobFormatter:
             result.text_offset.append(offset)
             offset += len(token)
         return result
+
+    def echoed(
+        self, prompt: list[TokenLogprobs | None], prompt_token_ids: list[int], generated: CompletionLogprobs
+    ) -> CompletionLogprobs:
+        """Completions ``echo`` with ``logprobs``: the prompt's tokens (the first with null logprobs)
+        before ``generated``, whose text offsets already count the echoed text."""
+        result = CompletionLogprobs()
+        offset = 0
+        for token_id, entry in zip(prompt_token_ids, prompt, strict=True):
+            token = self.token(token_id)
+            result.tokens.append(token)
+            result.token_logprobs.append(None if entry is None else _finite(entry.logprob))
+            result.top_logprobs.append(
+                None if entry is None else {self.token(t): _finite(lp) for t, lp in entry.top.items()}
+            )
+            result.text_offset.append(offset)
+            offset += len(token)
+        result.tokens += generated.tokens
+        result.token_logprobs += generated.token_logprobs
+        result.top_logprobs += generated.top_logprobs
+        result.text_offset += generated.text_offset
+        return result
+
+    def prompt(self, prompt: list[TokenLogprobs | None]) -> PromptLogprobs:
+        """vLLM's ``prompt_logprobs``: per prompt token, the token itself and the top ones, by id."""
+        result: PromptLogprobs = []
+        for entry in prompt:
+            if entry is None:
+                result.append(None)
+                continue
+            ranked = {entry.token_id: self._prompt_logprob(entry.logprob, entry.rank, entry.token_id)}
+            for rank, (token_id, logprob) in enumerate(entry.top.items(), start=1):
+                ranked.setdefault(token_id, self._prompt_logprob(logprob, rank, token_id))
+            result.append({str(token_id): logprob for token_id, logprob in ranked.items()})
+        return result
+
+    def _prompt_logprob(self, logprob: float, rank: int | None, token_id: int) -> PromptLogprob:
+        return PromptLogprob(logprob=_finite(logprob), rank=rank, decoded_token=self.token(token_id))
 
     def chat(self, logprobs: list[TokenLogprobs], num_top: int) -> ChatLogprobs:
         content = []

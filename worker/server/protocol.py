@@ -31,6 +31,8 @@ class _Request(BaseModel):
 
 class StreamOptions(_Request):
     include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None  # vLLM's; refused when true
+    include_obfuscation: bool | None = None  # OpenAI's; refused when true
 
 
 class JsonSchemaFormat(_Request):
@@ -91,6 +93,8 @@ class SamplingRequest(_Request):
     allowed_token_ids: list[int] | None = Field(None, min_length=1, max_length=MAX_TOKEN_LIST)
     bad_words: list[str] | None = Field(None, max_length=MAX_BAD_WORDS)
     truncate_prompt_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    truncation_side: Literal["left", "right"] | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_special_tokens: bool | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
@@ -151,6 +155,7 @@ class ChatCompletionRequest(SamplingRequest):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    include_reasoning: bool = True
 
 
 # --- responses -------------------------------------------------------------------------------------
@@ -176,12 +181,25 @@ class CompletionLogprobs(_Response):
     text_offset: list[int] = Field(default_factory=list)
 
 
+class PromptLogprob(_Response):
+    """vLLM's shape of one token's logprob in ``prompt_logprobs``."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str
+
+
+# per prompt token (the first None): token id (as a string key) to its logprob, vLLM's shape
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class CompletionChoice(_Response):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class Completion(_Response):
@@ -241,6 +259,7 @@ class ChatCompletion(_Response):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class FunctionCallDelta(_Response):

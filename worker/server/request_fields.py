@@ -42,7 +42,13 @@ FIELDS: tuple[RequestField, ...] = (
     _ok("max_tokens", "both", "OpenAI", "completions default 16; chat default: up to the context limit"),
     _ok("stop", "both", "OpenAI", "up to 64 strings of up to 1,024 characters"),
     _ok("stream", "both", "OpenAI", "server-sent events ending with `data: [DONE]`"),
-    _ok("stream_options", "both", "OpenAI", "`include_usage`: a last chunk with usage, `usage: null` before"),
+    _ok(
+        "stream_options",
+        "both",
+        "OpenAI",
+        "`include_usage`: a last chunk with usage, `usage: null` before; `include_obfuscation: true` "
+        "and vLLM's `continuous_usage_stats: true` refused (400)",
+    ),
     _ok("seed", "both", "OpenAI", "per-choice generators: choice i uses seed + i"),
     _ok("presence_penalty", "both", "OpenAI", "-2..2"),
     _ok("frequency_penalty", "both", "OpenAI", "-2..2"),
@@ -62,7 +68,8 @@ FIELDS: tuple[RequestField, ...] = (
         "echo",
         "completions",
         "OpenAI",
-        "the prompt comes first in the text; with logprobs a 400 (no prompt logprobs yet)",
+        "the prompt comes first in the text; with logprobs, the prompt's tokens come first in them "
+        "(the first with null logprobs), streamed too",
     ),
     _ok("best_of", "completions", "OpenAI", "must equal n (400 otherwise): no ranking is done"),
     _no("suffix", "completions", "OpenAI", "insertion is not supported"),
@@ -123,6 +130,8 @@ FIELDS: tuple[RequestField, ...] = (
     _ok("allowed_token_ids", "both", "vLLM", "only these ids may be sampled"),
     _ok("bad_words", "both", "vLLM", "never generated (alone or after a space)"),
     _ok("truncate_prompt_tokens", "both", "vLLM", "keep the prompt's last k tokens"),
+    _ok("truncation_side", "both", "vLLM", "`left` (default: keep the last k) or `right` (keep the first k)"),
+    _ok("session_id", "both", "vLLM", "accepted; a session id for the client's records, no effect"),
     _ok(
         "structured_outputs",
         "both",
@@ -130,7 +139,13 @@ FIELDS: tuple[RequestField, ...] = (
         "exactly one of `json`, `json_object`, `regex`, `choice`, `grammar` (EBNF)",
     ),
     _ok("add_special_tokens", "both", "vLLM", "completions default true, chat default false"),
-    _no("prompt_logprobs", "both", "vLLM", "use echo with logprobs (completions)"),
+    _ok(
+        "prompt_logprobs",
+        "both",
+        "vLLM",
+        "0..20 top logprobs per prompt token, vLLM's shape (per choice on completions, per response "
+        "on chat); not with stream (400); such a request takes no prefix-cache hits",
+    ),
     _no("use_beam_search", "both", "vLLM", "beam search is not supported", False),
     _no("length_penalty", "both", "vLLM", "beam search is not supported", 1.0),
     _no(
@@ -155,6 +170,16 @@ FIELDS: tuple[RequestField, ...] = (
     _no("guided_decoding_backend", "both", "vLLM", "one backend: xgrammar"),
     _no("guided_whitespace_pattern", "both", "vLLM", "not supported"),
     _no("structural_tag", "both", "vLLM", "structural tags are not supported"),
+    _no("thinking_token_budget", "both", "vLLM", "reasoning budgets are not supported"),
+    _no("watermarking", "both", "vLLM", "watermarking is not supported", False),
+    _no("logprob_token_ids", "both", "vLLM", "use logprobs / top_logprobs"),
+    _no("routed_experts_prompt_start", "both", "vLLM", "no mixture-of-experts models", 0),
+    _no("return_token_offsets", "both", "vLLM", "not supported", False),
+    _no("mm_payload", "both", "vLLM", "multimodal input is not supported", "tensors", "none"),
+    _no("return_mm_kwargs", "both", "vLLM", "multimodal input is not supported", False),
+    _no("ec_transfer_params", "both", "vLLM", "disaggregated serving is not supported"),
+    _no("repetition_detection", "both", "vLLM", "not supported"),
+    _no("stream_interval", "both", "vLLM", "every step's tokens are streamed", 1),
     # --- vLLM extras, completions ---
     _no("prompt_embeds", "completions", "vLLM", "prompt embeddings are not supported"),
     # --- vLLM extras, chat ---
@@ -168,6 +193,13 @@ FIELDS: tuple[RequestField, ...] = (
     _ok("chat_template_kwargs", "chat", "vLLM", "template variables, e.g. enable_thinking"),
     _ok("documents", "chat", "vLLM", "passed to the chat template"),
     _no("echo", "chat", "vLLM", "not supported for chat", False),
+    _ok(
+        "include_reasoning",
+        "chat",
+        "vLLM",
+        "false drops reasoning_content (the thinking is still parsed off)",
+    ),
+    _no("return_prompt_text", "chat", "vLLM", "not supported", False),
     _no("chat_template", "chat", "vLLM", "the model's own template is used"),
     _no("mm_processor_kwargs", "chat", "vLLM", "multimodal input is not supported"),
     _no("media_io_kwargs", "chat", "vLLM", "multimodal input is not supported"),

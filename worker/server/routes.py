@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mili.worker.engine.llm_engine import RequestRejected
 from mili.worker.engine.outputs import CompletionOutput, SequenceDelta
+from mili.worker.engine.sequence import TokenLogprobs
 from mili.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 from mili.worker.sampling_params import SamplingParams
 from mili.worker.server import inputs
@@ -44,11 +45,13 @@ from mili.worker.server.protocol import (
     Completion,
     CompletionChoice,
     CompletionChunk,
+    CompletionLogprobs,
     CompletionRequest,
     DeltaMessage,
     ErrorResponse,
     ModelCard,
     ModelList,
+    PromptLogprobs,
 )
 from mili.worker.server.sse import ClientDisconnected, EventStreamResponse, cancel_on_disconnect
 from mili.worker.server.structured_request import (
@@ -162,8 +165,6 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state, arrival = _state(request), time.monotonic()
     _check_model(state, body.model)
     inputs.check_unsupported(body)
-    if body.echo and body.logprobs is not None:
-        raise APIError("echo with logprobs (prompt logprobs) is not supported yet", param="echo")
     tokenizer = _tokenizer(state)
     structured = structured_outputs_of(body)
     params = inputs.sampling_params(
@@ -171,6 +172,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         max_tokens=16 if body.max_tokens is None else body.max_tokens,
         logprobs=body.logprobs,
         structured=structured,
+        prompt_logprobs=inputs.prompt_logprobs_of(body),
     )
     num_prompts = inputs.count_prompts(body.prompt, params.n)
     max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
@@ -184,9 +186,12 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
             max_chars,
             body.add_special_tokens is not False,
             body.truncate_prompt_tokens,
+            body.truncation_side,
         )
         if body.echo:
             call.echoes = [tokenizer.decode(ids, skip_special_tokens=False) for ids in prompts]
+            call.echoed_ids = prompts if body.logprobs is not None else None
+        call.vllm_prompt_logprobs = body.prompt_logprobs is not None
         await call.start(prompts, params, arrival, prompt_param="prompt")
     if body.stream:
         include_usage = body.stream_options.include_usage if body.stream_options else None
@@ -213,13 +218,19 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     plan = tool_plan(body, state.chat.tool_call_parser)
     structured = structured_outputs_of(body, plan)
     params = inputs.sampling_params(
-        body, max_tokens=max_tokens, logprobs=top_logprobs if body.logprobs else None, structured=structured
+        body,
+        max_tokens=max_tokens,
+        logprobs=top_logprobs if body.logprobs else None,
+        structured=structured,
+        prompt_logprobs=body.prompt_logprobs,
     )
     max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
     await _compile_grammar(state, structured, grammar_param(body, plan))
     call = _Call(state, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), LogprobFormatter(tokenizer))
     call.num_top_logprobs = top_logprobs
     call.tool_plan = plan
+    call.vllm_prompt_logprobs = body.prompt_logprobs is not None
+    call.include_reasoning = body.include_reasoning
     with _admitted(state, 1):
         prompt = await run_in_threadpool(inputs.chat_prompt, tokenizer, body, max_chars)
         await call.start([prompt], params, arrival, prompt_param="messages")
@@ -288,6 +299,9 @@ class _Call:
         self.num_top_logprobs = 0
         self.tool_plan: ToolPlan | None = None
         self.echoes: list[str] | None = None  # completions with echo: each prompt's text
+        self.echoed_ids: list[list[int]] | None = None  # echo with logprobs: each prompt's token ids
+        self.vllm_prompt_logprobs = False  # vLLM's prompt_logprobs field was set
+        self.include_reasoning = True  # chat: vLLM's include_reasoning
         self.request_ids: list[str] = []
         self.stream: OutputStream | None = None
 
@@ -341,6 +355,27 @@ class _Call:
     def _echo(self, choice_index: int) -> str:
         return self.echoes[choice_index // self.stream.n] if self.echoes else ""
 
+    def _completion_logprobs(
+        self, choice_index: int, logprobs: list[TokenLogprobs] | None, text_offset: int, first: bool
+    ) -> CompletionLogprobs | None:
+        """A choice's logprobs; its ``first`` piece, with echo, starts with the prompt's."""
+        if logprobs is None:
+            return None
+        echo = self._echo(choice_index) if first else ""
+        generated = self.formatter.completion(logprobs, text_offset + len(self._echo(choice_index)))
+        if self.echoed_ids is None or not echo:
+            return generated
+        prompt_index = choice_index // self.stream.n
+        return self.formatter.echoed(
+            self.stream.prompt_logprobs[prompt_index], self.echoed_ids[prompt_index], generated
+        )
+
+    def _prompt_logprobs(self, choice_index: int) -> PromptLogprobs | None:
+        """vLLM's ``prompt_logprobs`` of the choice's prompt, when the request set that field."""
+        if not self.vllm_prompt_logprobs:
+            return None
+        return self.formatter.prompt(self.stream.prompt_logprobs[choice_index // self.stream.n])
+
     def completion_response(self, choices: list[CompletionOutput]) -> Completion:
         return Completion(
             id=self.id,
@@ -350,9 +385,10 @@ class _Call:
                 CompletionChoice(
                     index=c.index,
                     text=self._echo(c.index) + c.text,
-                    logprobs=None if c.logprobs is None else self.formatter.completion(c.logprobs, 0),
+                    logprobs=self._completion_logprobs(c.index, c.logprobs, 0, first=True),
                     finish_reason=c.finish_reason,
                     stop_reason=c.stop_reason,
+                    prompt_logprobs=self._prompt_logprobs(c.index),
                 )
                 for c in choices
             ],
@@ -360,7 +396,7 @@ class _Call:
         )
 
     def _choice_parser(self) -> ChoiceParser:
-        return ChoiceParser(self.tool_plan, self.state.chat.reasoning_parser)
+        return ChoiceParser(self.tool_plan, self.state.chat.reasoning_parser, self.include_reasoning)
 
     def chat_response(self, choices: list[CompletionOutput]) -> ChatCompletion:
         built = []
@@ -380,21 +416,25 @@ class _Call:
                 )
             )
         return ChatCompletion(
-            id=self.id, created=self.created, model=self.model, choices=built, usage=usage(self.stream)
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=built,
+            usage=usage(self.stream),
+            prompt_logprobs=self._prompt_logprobs(0),
         )
 
     # --- streaming ---
     async def completion_events(self, include_usage: bool | None) -> AsyncIterator[bytes]:
-        echoed: set[int] = set()
+        seen: set[int] = set()  # choices that sent their first chunk
 
         def chunk(delta: SequenceDelta, text_offset: int):
             text = delta.text
-            if self.echoes and delta.index not in echoed:
-                echoed.add(delta.index)
+            first = delta.index not in seen
+            seen.add(delta.index)
+            if self.echoes and first:
                 text = self._echo(delta.index) + text
-            logprobs = (
-                None if delta.logprobs is None else self.formatter.completion(delta.logprobs, text_offset)
-            )
+            logprobs = self._completion_logprobs(delta.index, delta.logprobs, text_offset, first)
             choice = CompletionChoice(
                 index=delta.index,
                 text=text,

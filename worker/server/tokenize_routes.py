@@ -29,6 +29,10 @@ class TokenizeRequest(_Request):
     chat_template_kwargs: dict[str, Any] | None = None
     tools: list[Tool] | None = None
     return_token_strs: bool = False
+    # vLLM's, refused when set (the model's own template is used; no multimodal input)
+    chat_template: str | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
+    media_io_kwargs: dict[str, Any] | None = None
 
 
 class TokenizeResponse(_Response):
@@ -58,6 +62,9 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     max_chars = inputs.max_prompt_chars(state.engine.max_model_len)
     if (body.prompt is None) == (body.messages is None):
         raise APIError("send exactly one of prompt and messages", param="prompt")
+    for name in ("chat_template", "mm_processor_kwargs", "media_io_kwargs"):
+        if getattr(body, name) is not None:
+            raise APIError(f"{name} is not supported by /tokenize", param=name)
     if body.prompt is not None:
         add_special = body.add_special_tokens is not False
         prompts = await run_in_threadpool(

@@ -6,6 +6,10 @@ any number of them. Streaming sends what OpenAI sends: a call's first delta carr
 name with empty arguments, later deltas carry pieces of the arguments' JSON text. Text outside the
 tags is content (leading whitespace dropped, trailing whitespace only sent when more content follows).
 Feeding the whole text at once and feeding it in any pieces give the same calls and content.
+
+``llama3_json`` (Llama 3.1 and later, JSON tool calling): an output that begins with a JSON object
+(after whitespace and an optional ``<|python_tag|>``) is calls, ``{"name": ..., "parameters": {...}}``
+objects separated by ``;``; any other output is content, as in vLLM.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 
 from mili.worker.server.tagged_text import TagSplitter
 
-_NAME_FIRST = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+_NAME_FIRST = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 
 
 def new_tool_call_id() -> str:
@@ -227,6 +231,86 @@ class JsonArrayToolStream:
         return ToolParseDelta()
 
 
+class Llama3JsonToolStream:
+    """Calls of Llama 3's JSON tool calling: objects separated by ``;`` when the output begins with
+    one; what follows a call that is not another call (and any output not beginning with one) is
+    content."""
+
+    python_tag = "<|python_tag|>"
+
+    def __init__(self) -> None:
+        self._head = ""  # the output's start, until it shows whether it is calls
+        self._mode: str | None = None  # "calls" or "content"
+        self._call: _CallStream | None = None
+        self._scanner = _JsonValueScanner()
+        self._between = ""  # text after a call, until it shows another call starts
+        self.num_calls = 0
+
+    def feed(self, text: str) -> ToolParseDelta:
+        delta = ToolParseDelta()
+        if self._mode is None:
+            self._head += text
+            stripped = self._head.lstrip()
+            if stripped.startswith(self.python_tag):
+                stripped = stripped[len(self.python_tag) :].lstrip()
+            elif self.python_tag.startswith(stripped):
+                return delta  # empty, or the tag's beginning: wait for more
+            if not stripped:
+                return delta
+            self._mode = "calls" if stripped[0] == "{" else "content"
+            text = stripped if self._mode == "calls" else self._head
+        if self._mode == "content":
+            delta.content += text
+            return delta
+        self._calls(delta, text)
+        return delta
+
+    def _calls(self, delta: ToolParseDelta, text: str) -> None:
+        position = 0
+        while position < len(text):
+            if self._call is None:
+                self._between += text[position]
+                position += 1
+                between = self._between.strip()
+                if between in ("", ";"):
+                    continue
+                if between in ("{", ";{") or (between.startswith(";") and between[1:].strip() == "{"):
+                    self._call, self._scanner, self._between = (
+                        _CallStream(self.num_calls),
+                        _JsonValueScanner(),
+                        "",
+                    )
+                    self._scanner.take("{")
+                    delta.calls.extend(self._call.feed("{"))
+                    continue
+                self._mode = "content"  # not another call: the rest is content
+                delta.content += self._between.lstrip() + text[position:]
+                return
+            taken = self._scanner.take(text[position:])
+            delta.calls.extend(self._call.feed(text[position : position + taken]))
+            position += taken
+            if self._scanner.done:
+                self._close_call(delta)
+
+    def _close_call(self, delta: ToolParseDelta) -> None:
+        call, self._call = self._call, None
+        rest, valid = call.close()
+        delta.calls.extend(rest)
+        if valid:
+            self.num_calls += 1
+        else:
+            self._mode = "content"
+            delta.content += call.body
+
+    def finish(self) -> ToolParseDelta:
+        delta = ToolParseDelta()
+        if self._mode is None:
+            delta.content = self._head.strip()
+        elif self._call is not None:  # the output ended inside a call
+            self._close_call(delta)
+        return delta
+
+
 class NamedToolStream:
     """The output is the arguments of one named function (``tool_choice`` names it)."""
 
@@ -265,4 +349,4 @@ def parse_tool_calls(text: str, parser: str = "hermes") -> tuple[str | None, lis
     return content or None, merge_tool_deltas(first.calls + last.calls)
 
 
-TOOL_PARSERS = {"hermes": HermesToolStream}
+TOOL_PARSERS = {"hermes": HermesToolStream, "llama3_json": Llama3JsonToolStream}

@@ -132,6 +132,45 @@ def test_completion_logprobs(client):
     )
 
 
+def test_echo_with_logprobs_starts_with_the_prompt_tokens(client, offline):
+    prompt_ids = offline.tokenizer.encode(PROMPT)
+    expected = offline.generate(PROMPT, SamplingParams(max_tokens=1, prompt_logprobs=2))[0].prompt_logprobs
+    body = dict(model="tiny", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2, echo=True)
+    whole = client.completions.create(**body).choices[0]
+    logprobs = whole.logprobs
+    assert len(logprobs.tokens) == len(prompt_ids) + 4 and whole.text.startswith(PROMPT)
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    for entry, logprob in zip(expected[1:], logprobs.token_logprobs[1 : len(prompt_ids)], strict=True):
+        assert logprob == pytest.approx(entry.logprob, abs=1e-4)
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+    streamed = list(client.completions.create(**body, stream=True))
+    first = streamed[0].choices[0]
+    assert first.text.startswith(PROMPT) and first.logprobs.token_logprobs[0] is None
+    tokens = [t for chunk in streamed for t in chunk.choices[0].logprobs.tokens]
+    assert tokens == logprobs.tokens
+
+
+def test_vllm_prompt_logprobs(client, offline):
+    expected = offline.generate(PROMPT, SamplingParams(max_tokens=1, prompt_logprobs=1))[0].prompt_logprobs
+    result = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=1, extra_body={"prompt_logprobs": 1}
+    )
+    chat = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=1, extra_body={"prompt_logprobs": 0}
+    )
+    prompt_logprobs = result.choices[0].model_extra["prompt_logprobs"]
+    assert prompt_logprobs[0] is None and len(prompt_logprobs) == len(expected)
+    for entry, given in zip(expected[1:], prompt_logprobs[1:], strict=True):
+        assert given[str(entry.token_id)]["logprob"] == pytest.approx(entry.logprob, abs=1e-4)
+        assert given[str(entry.token_id)]["rank"] == entry.rank
+        assert any(value["rank"] == 1 for value in given.values())
+    assert len(chat.model_extra["prompt_logprobs"]) == chat.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError, match="prompt_logprobs"):
+        client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=1, stream=True, extra_body={"prompt_logprobs": 1}
+        )
+
+
 def test_chat_logprobs(client):
     result = client.chat.completions.create(
         model="tiny", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3

@@ -431,6 +431,17 @@ def test_bad_requests_are_400_naming_the_field(client, server):
         assert raised.value.body["message"]
 
 
+def test_a_grammar_slower_than_the_timeout_is_a_400_naming_the_field(client, tool_server, monkeypatch):
+    monkeypatch.setattr(tool_server.engine.grammars, "timeout_s", 1e-6)
+    schema = {"type": "object", "properties": {"never_compiled_before": SHORT}, "required": ["x"]}
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=4, response_format=json_schema_format(schema)
+        )
+    assert raised.value.body["param"] == "response_format"
+    assert "did not compile within" in raised.value.body["message"]
+
+
 def test_logit_bias_allowed_token_ids_and_bad_words(client, tool_server):
     tokenizer = tool_server.engine.tokenizer
     target = tokenizer.encode(" fox", add_special_tokens=False)[0]
@@ -462,6 +473,17 @@ def test_echo_truncate_and_continue_final_message(client, tool_server):
         extra_body={"truncate_prompt_tokens": 2},
     )
     assert truncated.usage.prompt_tokens == 2
+    tokenizer = tool_server.engine.tokenizer
+    ids = tokenizer.encode("The quick brown fox jumps")
+    for side, kept in (("left", ids[-2:]), ("right", ids[:2])):
+        echoed_part = client.completions.create(
+            model="tiny",
+            prompt="The quick brown fox jumps",
+            max_tokens=1,
+            echo=True,
+            extra_body={"truncate_prompt_tokens": 2, "truncation_side": side},
+        )
+        assert echoed_part.choices[0].text.startswith(tokenizer.decode(kept, skip_special_tokens=False))
     continued = client.chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The quick"}],
@@ -469,7 +491,6 @@ def test_echo_truncate_and_continue_final_message(client, tool_server):
         temperature=0,
         extra_body={"continue_final_message": True, "add_generation_prompt": False},
     )
-    tokenizer = tool_server.engine.tokenizer
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     expected = len(tokenizer.encode(rendered + "The quick", add_special_tokens=False))
     assert continued.usage.prompt_tokens == expected
@@ -493,3 +514,6 @@ def test_reasoning_content_is_split_off(client, tool_server):
     )
     content = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert (reasoning, content) == (message.reasoning_content, message.content)
+    body["extra_body"] = {**body["extra_body"], "include_reasoning": False}
+    without = client.chat.completions.create(**body, seed=4).choices[0].message
+    assert getattr(without, "reasoning_content", None) is None and without.content == message.content

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 
 from mili.worker import LLM, SamplingParams
+from mili.worker.structured.matcher import GrammarState
 from mili.worker.structured.spec import StructuredOutputsParams
 
 SCHEMA = {
@@ -67,6 +68,24 @@ def test_preemption_by_recompute_keeps_outputs_valid(tiny_qwen3_dir):
     assert llm.engine.scheduler.num_preemptions > 0
     for output in outputs:
         jsonschema.validate(json.loads(output.outputs[0].text), SCHEMA)
+
+
+def test_a_matcher_out_of_step_is_rebuilt_from_the_generated_tokens(tiny):
+    """A matcher that lost its state (as a recompute that dropped it would) is replayed before the
+    next mask, so the output still follows the grammar."""
+    engine = tiny.engine
+    request = engine.add_request("reset", "hi", constrained(seed=5))
+    (seq,) = request.seqs
+    while seq.num_output_tokens < 4:
+        engine.step()
+    compiled = seq.grammar.compiled
+    seq.grammar = GrammarState(compiled)  # fresh: has accepted nothing
+    engine.step()
+    assert seq.grammar.num_accepted == seq.num_output_tokens
+    text = "".join(s.text for d in drain(engine).get("reset", []) for s in d.sequences)
+    tokens_text = tiny.tokenizer.decode(seq.output_token_ids)
+    jsonschema.validate(json.loads(tokens_text), SCHEMA)
+    assert text and tokens_text.endswith(text)
 
 
 def test_a_request_waits_for_its_grammar_without_blocking_the_step(tiny, monkeypatch):
