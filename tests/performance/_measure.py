@@ -149,11 +149,13 @@ def serving(
 ) -> Iterator[ServerProcess]:  # fmt: skip
     """Start ``argv`` (a server listening on ``port``) in its own process group, output to ``log``;
     yield once ``ready_path`` answers 200, sampling its tree's memory from then on; stop the group
-    (SIGTERM, then SIGKILL after 30 s) on the way out."""
+    (SIGTERM, then SIGKILL after 30 s) on the way out. It runs in the log's directory: ``python -m``
+    puts the working directory first on the path, where the repository's ``kernels/`` would shadow
+    a package of that name."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent, start_new_session=True
         )
     server = ServerProcess(f"http://127.0.0.1:{port}", process)
     try:
