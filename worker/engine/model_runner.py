@@ -61,6 +61,19 @@ def kernel_shapes(model_config: ModelConfig, config: EngineConfig, dtype: torch.
     )
 
 
+def token_slots(block_table: list[int], block_size: int, start: int, end: int) -> list[int]:
+    """Cache slots of positions ``start..end-1`` of a sequence: one range per block touched."""
+    slots: list[int] = []
+    position = start
+    while position < end:
+        block, offset = divmod(position, block_size)
+        stop = min(end, (block + 1) * block_size)
+        base = block_table[block] * block_size
+        slots.extend(range(base + offset, base + offset + stop - position))
+        position = stop
+    return slots
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_dir: Path, model_config: ModelConfig) -> None:
         self.config = config
@@ -261,16 +274,3 @@ class ModelRunner:
 
     def _int32(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32, device=self.device)
-
-
-def token_slots(block_table: list[int], block_size: int, start: int, end: int) -> list[int]:
-    """Cache slots of positions ``start..end-1`` of a sequence: one range per block touched."""
-    slots: list[int] = []
-    position = start
-    while position < end:
-        block, offset = divmod(position, block_size)
-        stop = min(end, (block + 1) * block_size)
-        base = block_table[block] * block_size
-        slots.extend(range(base + offset, base + offset + stop - position))
-        position = stop
-    return slots
