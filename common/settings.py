@@ -325,7 +325,14 @@ SETTINGS: tuple[Setting, ...] = (
         flag="--kv-events-endpoint",
         optional=True,
     ),
-    Setting("cpu_kv_cache_bytes", int, 512 * 2**20, "KV pool size on CPU, in bytes", minimum=1),
+    Setting(
+        "cpu_kv_cache_bytes",
+        int,
+        512 * 2**20,
+        "KV pool size on CPU, in bytes",
+        flag="--cpu-kv-cache-bytes",
+        minimum=1,
+    ),
     Setting("seed", int, 0, "random seed of sampling", flag="--seed", minimum=0),
     # spec.router: the vllm-router Deployment in front of the workers (mili.operator.router).
     Setting(

@@ -18,12 +18,15 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import ServerFailed, free_port, mean, print_table, ratio, serving
 
 VOCABULARY = (
     "the of and to in is was for on that with as by at from his an were are which this be or had not but "
@@ -149,9 +152,6 @@ def summarize(results: list[RequestResult], duration: float) -> Summary:
     output_tokens = sum(r.output_tokens for r in done)
     prompt_tokens = sum(r.prompt_tokens for r in done)
 
-    def mean(values: list[float]) -> float:
-        return statistics.fmean(values) if values else 0.0
-
     shed = sum(r.shed for r in results)
     return Summary(
         completed=len(done),
@@ -252,6 +252,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overload-factor", type=float, default=None,
         help="then run again at this many times --request-rate and compare (admission control check)",
     )  # fmt: skip
+    peer = parser.add_argument_group("peer comparison (--peer vllm: starts both servers itself)")
+    peer.add_argument("--peer", choices=("vllm",), default=None)
+    peer.add_argument(
+        "--serve-model", default="builtin:smollm2-135m-instruct", help="model source both serve"
+    )
+    peer.add_argument("--request-rates", default="1,4,inf", help="comma-separated req/s, run in this order")
+    peer.add_argument("--vllm-dtype", default="bfloat16")
+    peer.add_argument("--kv-cache-gib", type=int, default=2, help="KV pool of each server")
+    peer.add_argument("--max-num-batched-tokens", type=int, default=2048, help="step budget of each server")
     return parser.parse_args(argv)
 
 
@@ -282,6 +291,8 @@ def overload_check(args: argparse.Namespace, at_capacity: Summary) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.peer == "vllm":
+        return compare_servers(args)
     summary, results = asyncio.run(benchmark(args))
     print_summary(args, summary, results)
     if args.result_json:
@@ -294,6 +305,82 @@ def main(argv: list[str] | None = None) -> int:
     if args.overload_factor is not None:
         return overload_check(args, summary)
     return 0 if summary.failed == 0 else 1
+
+
+COMPARED = ("output_token_throughput", "mean_ttft_ms", "p99_ttft_ms", "mean_itl_ms")
+
+
+@dataclass
+class ServerRun:
+    """One server at one request rate: the client's summary and the server tree's peak RSS."""
+
+    summary: Summary
+    peak_rss: int
+
+
+def compare_servers(args: argparse.Namespace) -> int:
+    """``vllm serve`` then ``mili serve`` on the same model, prompts and rates; one table of both and
+    the MILI/vLLM ratios. 2 when the peer cannot run here, 1 when a request failed."""
+    from _vllm_peer import PeerUnavailable, peer_env, serve_command
+
+    from mili.worker.model_source import resolve_model_source
+
+    model_dir = resolve_model_source(args.serve_model)
+    rates = [float(rate) for rate in args.request_rates.split(",")]
+    budget = str(args.max_num_batched_tokens)
+    mili_argv = [
+        str(Path(sys.executable).parent / "mili"), "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+        "--cpu-kv-cache-bytes", str(args.kv_cache_gib * 2**30), "--max-num-batched-tokens", budget,
+    ]  # fmt: skip
+    try:
+        vllm_port = free_port()
+        vllm_argv = serve_command(model_dir, vllm_port, args.vllm_dtype, True, args.max_num_batched_tokens)
+        vllm = run_server(args, vllm_argv, vllm_port, "/health", peer_env(args.kv_cache_gib), rates, "vllm")
+    except (PeerUnavailable, ServerFailed) as reason:
+        print(f"vLLM peer unavailable: {reason}", file=sys.stderr)
+        return 2
+    mili_port = free_port()
+    mili = run_server(args, [*mili_argv, "--port", str(mili_port)], mili_port, "/ready", None, rates, "mili")
+    print_server_table(args, rates, vllm, mili)
+    return 0 if all(run.summary.failed == 0 for run in [*vllm, *mili]) else 1
+
+
+def run_server(
+    args: argparse.Namespace, argv: list[str], port: int, ready_path: str, env: dict | None,
+    rates: list[float], name: str,
+) -> list[ServerRun]:  # fmt: skip
+    """Start one server, run the benchmark at each rate in turn, stop it."""
+    from _vllm_peer import log_path
+
+    runs = []
+    with serving(argv, port, log_path(f"serve-{name}"), ready_path, env) as server:
+        for rate in rates:
+            server.memory.reset()
+            run_args = argparse.Namespace(**{**vars(args), "base_url": server.base_url, "request_rate": rate})
+            summary, results = asyncio.run(benchmark(run_args))
+            print_summary(run_args, summary, results)
+            runs.append(ServerRun(summary, server.memory.peak))
+    return runs
+
+
+def print_server_table(
+    args: argparse.Namespace, rates: list[float], vllm: list[ServerRun], mili: list[ServerRun]
+) -> None:
+    headers = ["server", "rate req/s", "done/failed", "out tok/s", "mean TTFT ms", "p99 TTFT ms",
+               "mean ITL ms", "peak RSS MiB"]  # fmt: skip
+    rows: list[list[object]] = []
+    for name, runs in ((f"vLLM CPU ({args.vllm_dtype})", vllm), ("MILI (defaults)", mili)):
+        for rate, run in zip(rates, runs, strict=True):
+            s = run.summary
+            rows.append([name, f"{rate:g}", f"{s.completed}/{s.failed}",
+                         *(getattr(s, field) for field in COMPARED), run.peak_rss // 2**20])  # fmt: skip
+    print_table(headers, rows)
+    ratios = [
+        [f"{rate:g}", *(ratio(getattr(m.summary, f), getattr(v.summary, f)) for f in COMPARED),
+         ratio(m.peak_rss, v.peak_rss)]
+        for rate, v, m in zip(rates, vllm, mili, strict=True)
+    ]  # fmt: skip
+    print_table(["MILI / vLLM at rate", "out tok/s", "mean TTFT", "p99 TTFT", "mean ITL", "peak RSS"], ratios)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,19 @@ def kernel_shapes(model_config: ModelConfig, config: EngineConfig, dtype: torch.
     )
 
 
+def token_slots(block_table: list[int], block_size: int, start: int, end: int) -> list[int]:
+    """Cache slots of positions ``start..end-1`` of a sequence: one range per block touched."""
+    slots: list[int] = []
+    position = start
+    while position < end:
+        block, offset = divmod(position, block_size)
+        stop = min(end, (block + 1) * block_size)
+        base = block_table[block] * block_size
+        slots.extend(range(base + offset, base + offset + stop - position))
+        position = stop
+    return slots
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_dir: Path, model_config: ModelConfig) -> None:
         self.config = config
@@ -232,8 +245,7 @@ class ModelRunner:
             end = start + entry.num_tokens
             token_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            table, size = seq.block_table, self.block_size
-            slots.extend(table[p // size] * size + p % size for p in range(start, end))
+            slots.extend(token_slots(seq.block_table, self.block_size, start, end))
             if entry.samples:
                 logits_rows.append(len(token_ids) - 1)
         context = AttentionContext(
