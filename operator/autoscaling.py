@@ -10,8 +10,9 @@ The rules are the HorizontalPodAutoscaler's (docs/architecture.md "Autoscaling")
 4. scale up at most to max(2 × current, current + 4) per step;
 5. clamp to [minReplicas, maxReplicas].
 
-At zero replicas (``minReplicas: 0``) no worker reports anything; requests that reached the router
-decide instead (``wake_from_zero``): any in the window → one replica, none → stay at zero.
+At zero replicas (``minReplicas: 0``) no worker reports anything; requests at the router pods decide
+instead (``wake_from_zero``): any that reached the router or waited in its gateway within the window →
+one replica, none → stay at zero.
 
 Missing samples or an unreachable Prometheus keep the current count (clamped to the bounds only) and
 make ``ScalingActive`` False; such a round records no recommendation.
@@ -51,6 +52,9 @@ class Observation:
     # Requests that reached the router in the window, including those waiting there for a worker;
     # None without a router (or before its first request).
     router_requests: float | None = None
+    # Requests the router pods' gateways held (no ready worker) at some point of the window, summed
+    # over the router pods; None without a router.
+    held_requests: float | None = None
 
     @classmethod
     def unavailable(cls, error: str) -> Observation:
@@ -148,7 +152,8 @@ def wake_from_zero(
 
     Scaling up from zero ignores the scale-up window: a waiting request has a cold start ahead of it
     already (``coldStartTimeoutSeconds``)."""
-    demand = [value for value in (observation.router_requests, observation.waiting_per_replica) if value]
+    signals = (observation.router_requests, observation.held_requests, observation.waiting_per_replica)
+    demand = [value for value in signals if value]
     if any(not _is_usable(value) for value in demand):
         return _hold(0, spec, tuple(history), PROMETHEUS_UNAVAILABLE, f"unusable samples {demand}")
     replicas = spec.clamp(1 if demand else 0)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from mili.gateway.metrics import HELD_REQUESTS_METRIC  # the router pods' gateways export it
 from mili.operator.autoscaling import Observation
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,12 @@ def router_requests(settings: QuerySettings, namespace: str, name: str) -> str:
     """PromQL: requests that reached the MiliDeployment's routers within the window."""
     selector = pod_selector(settings, namespace, name)
     return f"sum(increase({ROUTER_REQUESTS_METRIC}{selector}[{settings.window}]))"
+
+
+def held_requests(settings: QuerySettings, namespace: str, name: str) -> str:
+    """PromQL: the most requests each of the MiliDeployment's gateways held within the window, summed."""
+    selector = pod_selector(settings, namespace, name)
+    return f"sum(max_over_time({HELD_REQUESTS_METRIC}{selector}[{settings.window}]))"
 
 
 class PrometheusClient:
@@ -156,4 +163,7 @@ class PrometheusClient:
         kv = await self.scalar(average_over_ready_pods(KV_CACHE_METRIC, settings, namespace, name))
         waiting = await self.scalar(average_over_ready_pods(WAITING_METRIC, settings, namespace, name))
         routed = await self.scalar(router_requests(settings, namespace, name))
-        return Observation(kv_cache_usage=kv, waiting_per_replica=waiting, router_requests=routed)
+        held = await self.scalar(held_requests(settings, namespace, name))
+        return Observation(
+            kv_cache_usage=kv, waiting_per_replica=waiting, router_requests=routed, held_requests=held
+        )

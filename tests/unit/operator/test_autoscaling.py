@@ -222,15 +222,23 @@ def test_a_request_waiting_at_zero_replicas_brings_one_worker():
     assert "1 request(s) waiting at zero replicas" in decision.reason
 
 
+def test_a_request_held_by_the_gateway_at_zero_replicas_brings_one_worker():
+    # The gateway holds it without forwarding (the router has no worker): only its gauge saw it.
+    decision = decide(Observation(None, None, router_requests=0.0, held_requests=2.0), 0, FROM_ZERO, (), NOW)
+    assert (decision.replicas, decision.direction) == (1, "up")
+    assert "2 request(s) waiting at zero replicas" in decision.reason
+
+
 def test_a_long_scale_up_window_does_not_delay_the_wake_up():
     spec = replace(FROM_ZERO, scale_up_stabilization_seconds=600)
     history = (Recommendation(NOW - 10, 0),)
     assert decide(Observation(None, None, router_requests=3.0), 0, spec, history, NOW).replicas == 1
 
 
-@pytest.mark.parametrize("router_requests", [None, 0.0])
-def test_zero_stays_zero_without_requests(router_requests):
-    decision = decide(Observation(None, None, router_requests=router_requests), 0, FROM_ZERO, (), NOW)
+@pytest.mark.parametrize("quiet", [None, 0.0])
+def test_zero_stays_zero_without_requests(quiet):
+    observation = Observation(None, None, router_requests=quiet, held_requests=quiet)
+    decision = decide(observation, 0, FROM_ZERO, (), NOW)
     assert (decision.replicas, decision.active) == (0, True)
     assert "no requests at zero replicas" in decision.reason
 

@@ -3,7 +3,8 @@ tests/integration/autoscaling/)."""
 
 from __future__ import annotations
 
-from mili.operator.prometheus_api import QuerySettings, average_over_ready_pods, pod_selector
+from mili.gateway.metrics import HELD_REQUESTS_METRIC
+from mili.operator.prometheus_api import QuerySettings, average_over_ready_pods, held_requests, pod_selector
 
 
 def test_queries_select_one_milideployment_by_the_default_labels():
@@ -31,3 +32,10 @@ def test_label_values_are_quoted_for_promql():
     assert (
         pod_selector(QuerySettings(), 'we"ird', "a\\b") == '{namespace="we\\"ird",mili_deployment="a\\\\b"}'
     )
+
+
+def test_requests_held_by_the_gateways_are_the_peak_of_the_window_summed_over_router_pods():
+    assert held_requests(QuerySettings(), "prod", "chat") == (
+        'sum(max_over_time(mili_router_held_requests{namespace="prod",mili_deployment="chat"}[1m]))'
+    )
+    assert HELD_REQUESTS_METRIC in held_requests(QuerySettings(), "prod", "chat")  # one name, both sides
