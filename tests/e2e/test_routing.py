@@ -91,14 +91,22 @@ class TestThreeWorkers:
 
 
 def requests_reach_all_three_workers_and_a_family_stays_on_one(e2e: E2ECluster, routed):
+    # On a prefix miss cache_aware picks the least-loaded worker: requests in flight together spread
+    # (one after the other, with equal loads, they would all land on one worker).
     api = client(e2e.router_url("routed"))
-    distinct = [
-        f"Topic {i}: {word} " * 3
-        for i, word in enumerate(["red", "green", "blue", "amber", "violet", "teal"])
-    ]
-    for prompt in distinct * 2:
-        assert api.completions.create(model=served_name(routed), prompt=prompt, max_tokens=2).choices
-    before = decisions_totalling(e2e, "routed", len(distinct) * 2)
+    colours = ["red", "green", "blue", "amber", "violet", "teal"]
+    distinct = [f"Note {index}: {colour} " * 3 for index, colour in enumerate(colours)]
+    with concurrent.futures.ThreadPoolExecutor(len(distinct)) as pool:
+        answers = list(
+            pool.map(
+                lambda prompt: api.completions.create(
+                    model=served_name(routed), prompt=prompt, max_tokens=16
+                ),
+                distinct,
+            )
+        )
+    assert all(answer.usage.completion_tokens == 16 for answer in answers)
+    before = decisions_totalling(e2e, "routed", len(distinct))
     assert len([url for url, count in before.items() if count > 0]) == 3, before
 
     questions = ["When do you open?", "Can I renew a book?", "Is there a fee?", "Where is room B?"]
