@@ -56,13 +56,23 @@ def routed(e2e: E2ECluster) -> Iterator[dict[str, Any]]:
     body = manifest(e2e, "routed", {"replicas": 3})
     e2e.apply(body)
 
-    def ready() -> bool:
-        return len(e2e.ready_worker_urls("routed")) == 3 and e2e.router_url("routed") is not None
-
-    wait_for(ready, "three ready workers and a ready router", READY_TIMEOUT, e2e.diagnostics)
+    wait_for(lambda: router_knows(e2e, "routed", 3), "the router to route to three workers", READY_TIMEOUT,
+             e2e.diagnostics)  # fmt: skip
     yield body
     e2e.delete("routed")
     wait_for(lambda: not e2e.worker_pods("routed"), "the routed workers to go", 120, e2e.diagnostics)
+
+
+def router_knows(e2e: E2ECluster, name: str, workers: int) -> bool:
+    """Whether ``workers`` workers are ready and the router has found them all (its `/workers`,
+    through the gateway, which passes the router's own endpoints on at once)."""
+    url = e2e.router_url(name)
+    if url is None or len(e2e.ready_worker_urls(name)) != workers:
+        return False
+    try:
+        return httpx.get(f"{url}/workers", timeout=5).json()["total"] == workers
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
 
 
 def decisions(e2e: E2ECluster, name: str) -> dict[str, float]:
@@ -94,7 +104,7 @@ def requests_reach_all_three_workers_and_a_family_stays_on_one(e2e: E2ECluster, 
     # On a prefix miss cache_aware picks the least-loaded worker: requests in flight together spread
     # (one after the other, with equal loads, they would all land on one worker).
     api = client(e2e.router_url("routed"))
-    colours = ["red", "green", "blue", "amber", "violet", "teal"]
+    colours = ["red", "green", "blue", "amber", "violet", "teal", "olive", "coral", "ivory"]
     distinct = [f"Note {index}: {colour} " * 3 for index, colour in enumerate(colours)]
     with concurrent.futures.ThreadPoolExecutor(len(distinct)) as pool:
         answers = list(
