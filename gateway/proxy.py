@@ -95,9 +95,9 @@ class Gateway:
                 return refusal
             try:
                 upstream = await self._send(request, body)
-            except httpx.TransportError:
+            except httpx.TransportError as error:
                 if time.monotonic() >= deadline:
-                    raise
+                    return _router_unreachable(error)
                 self.room.set_ready(False)  # the router is not reachable (yet): wait as for a worker
                 continue
             if upstream.status_code == 503:
@@ -128,7 +128,7 @@ class Gateway:
         try:
             upstream = await self._send(request, body)
         except httpx.TransportError as error:
-            return PlainTextResponse(f"the router is not reachable: {error!r}", status_code=502)
+            return _router_unreachable(error)
         return self._stream(upstream)
 
     async def _send(self, request: Request, body: bytes) -> httpx.Response:
@@ -152,6 +152,12 @@ class Gateway:
                 await upstream.aclose()  # also when the client went away: the router sees it go
 
         return _with_headers_of(upstream, StreamingResponse(chunks(), upstream.status_code))
+
+
+def _router_unreachable(error: httpx.TransportError) -> Response:
+    log.warning("the router is not reachable: %r", error)
+    body = unavailable_body(f"the router is not reachable ({type(error).__name__})", "router_unreachable")
+    return Response(body, 502, media_type="application/json")
 
 
 def _unavailable(message: str, code: str) -> Response:
