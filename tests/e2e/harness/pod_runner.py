@@ -274,9 +274,8 @@ class PodRunner:
         self._collect_garbage(f"/api/v1/namespaces/{ns}/services", owners)
         live = {item["metadata"]["name"]: item for item in deployments}
         with self._lock:
-            for name in set(self.pods) - set(live):  # Deployment deleted: its pods go
-                for pod in self.pods.pop(name):
-                    self._stop_pod(pod)
+            for name in set(self.pods) - set(live):  # Deployment deleted: its pods go, together
+                self._stop_pods(self.pods.pop(name))
         for name, deployment in live.items():
             self._sync_deployment(name, deployment)
         self._discover()
@@ -426,11 +425,20 @@ class PodRunner:
 
     def _stop_pod(self, pod: Pod) -> None:
         """SIGTERM, then SIGKILL after the grace period (like a pod deletion)."""
-        for container in pod.containers:
+        self._stop_pods([pod])
+
+    def _stop_pods(self, pods: list[Pod]) -> None:
+        """Stop every container of ``pods`` at once (each gets its own grace period, in parallel)."""
+        containers = [container for pod in pods for container in pod.containers]
+        for container in containers:
+            if container.process.poll() is None:
+                container.process.terminate()
+        for container in containers:
             stop_process(container.process, grace=30)
-        pod.ready = False
-        self.stopped_pods.append(pod)
-        logger.info("stopped pod %s", pod.name)
+        for pod in pods:
+            pod.ready = False
+            self.stopped_pods.append(pod)
+            logger.info("stopped pod %s", pod.name)
 
     def _discover(self) -> None:
         """Each ready router learns the ready pods its selector matches, and forgets the rest."""
