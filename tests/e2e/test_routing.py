@@ -1,7 +1,7 @@
 """Through the router pods (mili-gateway in front of vllm-router), as clients reach a MiliDeployment:
 requests spread over three workers and a prompt family stays on one, a worker killed mid-stream costs
-no request that had not started, and a MiliDeployment idle at zero replicas wakes for a request that
-is then served with no 5xx within coldStartTimeoutSeconds.
+no request that had not started, and a MiliDeployment at zero replicas wakes for a request that is
+then served with no 5xx within coldStartTimeoutSeconds, and goes back to zero when idle.
 
 The same scenarios run in local mode (CI) and kind mode; every wait polls a real condition.
 """
@@ -175,16 +175,15 @@ def test_an_idle_deployment_goes_to_zero_and_a_request_wakes_it(e2e: E2ECluster)
         "coldStartTimeoutSeconds": COLD_START_TIMEOUT,
     }
     body = manifest(e2e, "wakes", {"replicas": 1, "autoscaling": autoscaling})
-    e2e.apply(body)
+    e2e.apply(body)  # created at minReplicas: no worker until a request comes
+
+    def at_zero() -> bool:
+        deployment = e2e.get("Deployment", "wakes") or {}
+        return deployment.get("spec", {}).get("replicas") == 0 and not e2e.worker_pods("wakes")
+
     try:
-        wait_for(lambda: e2e.ready_worker_urls("wakes"), "the first worker", READY_TIMEOUT, e2e.diagnostics)
-
-        def at_zero() -> bool:
-            deployment = e2e.get("Deployment", "wakes") or {}
-            return deployment.get("spec", {}).get("replicas") == 0 and not e2e.worker_pods("wakes")
-
-        wait_for(at_zero, "idle to scale the workers to zero", 120, e2e.diagnostics)
-        router = wait_for(lambda: e2e.router_url("wakes"), "the router at zero", 60, e2e.diagnostics)
+        wait_for(at_zero, "the workers at zero", 120, e2e.diagnostics)
+        router = wait_for(lambda: e2e.router_url("wakes"), "the router at zero", 120, e2e.diagnostics)
 
         sent = time.monotonic()
         answer = httpx.post(
@@ -198,5 +197,8 @@ def test_an_idle_deployment_goes_to_zero_and_a_request_wakes_it(e2e: E2ECluster)
         assert waited < COLD_START_TIMEOUT
         history = (e2e.get("MiliDeployment", "wakes") or {})["status"]["autoscaling"]["history"]
         assert any("waiting at zero replicas" in entry["reason"] for entry in history), history
+
+        # Idle again: back to zero after the scale-down window.
+        wait_for(at_zero, "idle to scale the workers to zero again", 180, e2e.diagnostics)
     finally:
         e2e.delete("wakes")
