@@ -46,6 +46,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="requests held at a time; beyond them 503 with Retry-After",
     )
     parser.add_argument("--readiness-interval", type=positive_float, default=0.5)
+    parser.add_argument(
+        "--max-request-bytes", type=non_negative_int, default=16 * 2**20, help="larger bodies get 413"
+    )
     parser.add_argument("--metrics-host", default="0.0.0.0")
     parser.add_argument("--metrics-port", type=int, default=29001)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -62,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             hold_timeout=args.hold_timeout,
             max_held_requests=args.max_held_requests,
             readiness_interval=args.readiness_interval,
+            max_request_bytes=args.max_request_bytes,
         )
     )
     start_http_server(args.metrics_port, addr=args.metrics_host, registry=gateway.metrics.registry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ class GatewayConfig:
     hold_timeout: float  # seconds a request may wait for a worker (coldStartTimeoutSeconds)
     max_held_requests: int
     readiness_interval: float = 0.5  # seconds between polls of the router's /readiness
+    max_request_bytes: int = 16 * 2**20  # the workers' default --max-request-bytes
 
 
 class Gateway:
@@ -85,7 +87,17 @@ class Gateway:
         return PlainTextResponse("ok")
 
     async def _forward(self, request: Request) -> Response:
-        body = await request.body()  # held requests are sent again, so the body is read once, whole
+        body = await self._read_body(request)  # a held request is sent again: the body is read, whole
+        if body is None:
+            limit = self.config.max_request_bytes
+            message = f"the request body is larger than the gateway's limit of {limit} bytes"
+            error = {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "body_too_large",
+            }
+            return Response(json.dumps({"error": error}), 413, media_type="application/json")
         if not may_hold(request.url.path):
             return await self._pass_through(request, body)
         deadline = time.monotonic() + self.config.hold_timeout
@@ -107,6 +119,20 @@ class Gateway:
                     continue
                 return _with_headers_of(upstream, Response(content, upstream.status_code))
             return self._stream(upstream)
+
+    async def _read_body(self, request: Request) -> bytes | None:
+        """The whole body, or None once it passes ``max_request_bytes`` (declared or read)."""
+        limit = self.config.max_request_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _wait_for_worker(self, deadline: float) -> Response | None:
         """None when a worker is ready (at once, or after holding the request); else the 503 to answer."""
