@@ -55,9 +55,9 @@ class Observation:
     # Requests that reached the router in the window, including those waiting there for a worker;
     # None without a router (or before its first request).
     router_requests: float | None = None
-    # Requests held in front of the workers now (the routers' holding step), averaged over the window
-    # and summed over router pods; None when no router reports it.
-    router_waiting: float | None = None
+    # Requests the router pods' gateways hold for a worker (mili.gateway), averaged over the window and
+    # summed over the router pods; None without a router.
+    held_requests: float | None = None
 
     @classmethod
     def unavailable(cls, error: str) -> Observation:
@@ -94,16 +94,16 @@ class Decision:
 
 
 def waiting_per_replica(
-    worker_waiting: float | None, router_waiting: float | None, ready_workers: float | None
+    worker_waiting: float | None, held_requests: float | None, ready_workers: float | None
 ) -> float | None:
     """Requests waiting per ready worker: the workers' own queue (already an average per pod) plus the
     requests held in front of them, shared over the ready workers. None when no worker reports (the
     decision then holds); a router that reports nothing holds nothing."""
     if worker_waiting is None:
         return None
-    if not router_waiting:
+    if not held_requests:
         return worker_waiting
-    return worker_waiting + router_waiting / max(ready_workers or 1.0, 1.0)
+    return worker_waiting + held_requests / max(ready_workers or 1.0, 1.0)
 
 
 def scale_up_limit(current: int) -> int:
@@ -168,7 +168,7 @@ def wake_from_zero(
 
     Scaling up from zero ignores the scale-up window: a waiting request has a cold start ahead of it
     already (``coldStartTimeoutSeconds``)."""
-    signals = (observation.router_requests, observation.router_waiting, observation.waiting_per_replica)
+    signals = (observation.router_requests, observation.held_requests, observation.waiting_per_replica)
     demand = [value for value in signals if value]
     if any(not _is_usable(value) for value in demand):
         return _hold(0, spec, tuple(history), PROMETHEUS_UNAVAILABLE, f"unusable samples {demand}")

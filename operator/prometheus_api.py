@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from mili.gateway.metrics import HELD_REQUESTS_METRIC  # the router pods' gateways export it
 from mili.operator.autoscaling import Observation, waiting_per_replica
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ WAITING_METRIC = "mili_num_requests_waiting"
 ROUTER_REQUESTS_METRIC = "vllm_router_requests_total"  # the router job's (mili.operator.router)
 # Requests waiting in front of the workers. vllm-router 0.1.17 exports no gauge of its own queue (its
 # queue counters stay internal); the routers' holding step exports this one (optional: absent → 0).
-ROUTER_WAITING_METRIC = "mili_router_held_requests"
 
 
 _ERROR_TYPE = re.compile(r"^[a-z_]{1,32}$")  # Prometheus's errorType: bad_data, timeout, execution, ...
@@ -80,10 +80,10 @@ def router_requests(settings: QuerySettings, namespace: str, name: str) -> str:
     return f"sum(increase({ROUTER_REQUESTS_METRIC}{selector}[{settings.window}]))"
 
 
-def router_waiting(settings: QuerySettings, namespace: str, name: str) -> str:
-    """PromQL: requests held in front of the workers, averaged over the window, summed over router pods."""
+def held_requests(settings: QuerySettings, namespace: str, name: str) -> str:
+    """PromQL: requests the gateways hold for a worker, averaged over the window, summed over router pods."""
     selector = pod_selector(settings, namespace, name)
-    return f"sum(avg_over_time({ROUTER_WAITING_METRIC}{selector}[{settings.window}]))"
+    return f"sum(avg_over_time({HELD_REQUESTS_METRIC}{selector}[{settings.window}]))"
 
 
 def ready_workers(settings: QuerySettings, namespace: str, name: str) -> str:
@@ -172,11 +172,11 @@ class PrometheusClient:
         kv = await self.scalar(average_over_ready_pods(KV_CACHE_METRIC, settings, namespace, name))
         waiting = await self.scalar(average_over_ready_pods(WAITING_METRIC, settings, namespace, name))
         routed = await self.scalar(router_requests(settings, namespace, name))
-        held = await self.scalar(router_waiting(settings, namespace, name))
+        held = await self.scalar(held_requests(settings, namespace, name))
         ready = await self.scalar(ready_workers(settings, namespace, name)) if held else None
         return Observation(
             kv_cache_usage=kv,
             waiting_per_replica=waiting_per_replica(waiting, held, ready),
             router_requests=routed,
-            router_waiting=held,
+            held_requests=held,
         )

@@ -5,8 +5,11 @@ The router (vllm-project/router, `vllm-router`) finds the worker pods itself thr
 its namespace, and nothing else. With ``kv_aware`` it cannot: vllm-router 0.1.17 subscribes to the KV
 events of statically listed workers only (``--worker-urls`` + ``--kv-event-source``), so the operator
 lists the ready worker pods itself (``ready_worker_ips``) and renders them into the arguments; a change
-of that set rolls the router. The Service named after the MiliDeployment selects the router pods;
-``<name>-workers`` (headless) names the worker pods. See docs/routing.md.
+of that set rolls the router. Each router pod has two containers from the one router image: the
+gateway (``mili.gateway``, the pod's `http` port, which the Service targets) holds requests while no
+worker is ready (scale from zero) and forwards everything to the router beside it on ``ROUTER_PORT``.
+The Service named after the MiliDeployment selects the router pods; ``<name>-workers`` (headless) names
+the worker pods. See docs/routing.md.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ from mili.operator.rendering import (
 )
 from mili.operator.spec import MiliDeploymentSpec
 
-ROUTER_PORT = 8000
+GATEWAY_PORT = 8000  # the pod's `http` port: clients (through the Service) reach the gateway
+GATEWAY_METRICS_PORT = 29001
+ROUTER_PORT = 8001  # vllm-router, reached by the gateway over the pod's loopback
 ROUTER_METRICS_PORT = 29000
 ROUTER_UID = 1000
 CONTAINER_NAME = "router"
+GATEWAY_CONTAINER_NAME = "gateway"
 API_KEY_ENV = "MILI_API_KEY"
 QUEUE_SIZE = 256  # requests the router holds while its concurrency limit is reached
+MAX_HELD_REQUESTS = 256  # requests the gateway holds while no worker is ready; beyond them 503
 
 
 def router_name(name: str) -> str:
@@ -95,7 +102,7 @@ def router_args(spec: MiliDeploymentSpec, namespace: str, kv_workers: Sequence[s
     export metrics; retries and circuit breaking stay at the router's defaults (on). ``kv_workers``:
     the ready worker pods' IPs, used with kv_aware only."""
     args = [
-        "--host", "0.0.0.0",
+        "--host", "0.0.0.0",  # the kubelet probes it on the pod's address
         "--port", str(ROUTER_PORT),
         "--policy", spec.router.policy,
         *worker_source_args(spec, namespace, kv_workers),
@@ -111,47 +118,94 @@ def router_args(spec: MiliDeploymentSpec, namespace: str, kv_workers: Sequence[s
     return args
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def gateway_args(spec: MiliDeploymentSpec) -> list[str]:
+    """Arguments of `mili-gateway`: in front of the router beside it, holding OpenAI API requests while
+    the router has no ready worker for as long as a cold start may take."""
+    return [
+        "--host", "0.0.0.0",
+        "--port", str(GATEWAY_PORT),
+        "--router-url", f"http://127.0.0.1:{ROUTER_PORT}",
+        "--hold-timeout", str(spec.autoscaling.cold_start_timeout_seconds),
+        "--max-held-requests", str(MAX_HELD_REQUESTS),
+        "--metrics-host", "0.0.0.0",
+        "--metrics-port", str(GATEWAY_METRICS_PORT),
+    ]  # fmt: skip
+
+
+def _probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
     }
 
 
-def render_router_deployment(
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def render_gateway_container(spec: MiliDeploymentSpec, image: str) -> dict[str, Any]:
+    """The pod's front door: `mili-gateway` on the `http` port the Service targets."""
+    return {
+        "name": GATEWAY_CONTAINER_NAME,
+        "image": image,
+        "command": ["mili-gateway"],
+        "args": gateway_args(spec),
+        "ports": [
+            {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
+            {"name": "gateway-metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP"},
+        ],
+        "livenessProbe": _probe("/gateway/health", "http", 10, 3),
+        # /health passes through to the router's, which answers while it runs, also with no worker
+        # yet: a request then waits in the gateway (scale from zero) instead of finding no endpoint.
+        "readinessProbe": _probe("/health", "http", 5, 3),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": _container_security(),
+    }
+
+
+def render_router_container(
     spec: MiliDeploymentSpec, namespace: str, image: str, kv_workers: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """The router Deployment: ``spec.router.replicas`` pods of `vllm-router`, non-root, read-only root."""
+    """`vllm-router` on ``ROUTER_PORT``, behind the gateway (``kv_workers``: see ``router_args``)."""
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
         "command": ["vllm-router"],
         "args": router_args(spec, namespace, kv_workers),
         "ports": [
-            {"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"},
+            {"name": "router", "containerPort": ROUTER_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": ROUTER_METRICS_PORT, "protocol": "TCP"},
         ],
-        # /health answers while the router runs, also with no worker yet: a request then waits in the
-        # router's queue (scale from zero) instead of finding no Service endpoint.
-        "livenessProbe": _probe("/health", 10, 3),
-        "readinessProbe": _probe("/health", 5, 3),
+        "livenessProbe": _probe("/health", "router", 10, 3),
+        "readinessProbe": _probe("/health", "router", 5, 3),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": _container_security(),
     }
     if spec.api_key_secret_ref is not None:
         ref = spec.api_key_secret_ref
         container["env"] = [
             {"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
         ]
+    return container
+
+
+def render_router_deployment(
+    spec: MiliDeploymentSpec, namespace: str, image: str, kv_workers: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The router Deployment: ``spec.router.replicas`` pods of the gateway and `vllm-router`, non-root,
+    read-only root."""
     pod_spec: dict[str, Any] = {
         "serviceAccountName": router_name(spec.name),
-        "containers": [container],
+        "containers": [
+            render_gateway_container(spec, image),
+            render_router_container(spec, namespace, image, kv_workers),
+        ],
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The e2e suite on a real cluster (`make e2e`): create a kind cluster, build and load both images,
+# The e2e suite on a real cluster (`make e2e`): create a kind cluster, build and load the three images,
 # install the CRD, operator, Prometheus and Grafana with `kubectl apply -k manifests/`, run
 # tests/e2e in kind mode, delete the cluster (also on failure; KEEP_CLUSTER=1 keeps it).
 #
@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 
 CLUSTER_NAME="${CLUSTER_NAME:-mili-e2e}"
 OPERATOR_IMAGE="mili-operator:0.1.0"
+ROUTER_IMAGE="mili-router:0.1.0"  # the operator's default --router-image
 WORKER_IMAGE="mili-worker:0.1.0"
 NAMESPACE="mili-e2e"
 PYTHON="${PYTHON:-}"
@@ -41,6 +42,7 @@ cleanup() {
 
 log "building images"
 docker build -f Dockerfile.operator -t "$OPERATOR_IMAGE" .
+docker build -f Dockerfile.operator --target router -t "$ROUTER_IMAGE" .
 worker_args=(-f Dockerfile.worker --target cpu -t "$WORKER_IMAGE")
 if [[ -n "${TORCH_SPEC:-}" ]]; then worker_args+=(--build-arg "TORCH_SPEC=$TORCH_SPEC"); fi
 docker build "${worker_args[@]}" .
@@ -53,7 +55,7 @@ trap cleanup EXIT
 kubectl config use-context "kind-$CLUSTER_NAME"
 
 log "loading images into the cluster"
-kind load docker-image --name "$CLUSTER_NAME" "$OPERATOR_IMAGE" "$WORKER_IMAGE"
+kind load docker-image --name "$CLUSTER_NAME" "$OPERATOR_IMAGE" "$ROUTER_IMAGE" "$WORKER_IMAGE"
 
 log "installing MILI (CRD, operator, Prometheus, Grafana)"
 # The CRD first, so the rest (and the samples) can refer to its kind once it is established.

@@ -1,5 +1,6 @@
 """The router image, run as the operator's router Deployment runs it (uid 1000, read-only root
-filesystem, no capabilities), in front of a real `mili serve` worker on loopback."""
+filesystem, no capabilities): `mili-gateway` in front of `vllm-router`, in front of a real `mili serve`
+worker on loopback."""
 
 from __future__ import annotations
 
@@ -31,29 +32,49 @@ def worker(tiny_qwen3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         running.stop()
 
 
-def test_the_router_container_proxies_a_worker(docker: DockerEngine, router_image: str, worker: Worker):
+RESTRICTED = (
+    "--network", "host", "--read-only", "--user", f"{ROUTER_UID}:{ROUTER_UID}",
+    "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+)  # fmt: skip
+
+
+def test_the_gateway_and_router_containers_proxy_a_worker(
+    docker: DockerEngine, router_image: str, worker: Worker
+):
     port, metrics_port = free_port_on(ROUTER_HOST), free_port_on(ROUTER_HOST)
-    name = f"mili-router-test-{uuid.uuid4().hex[:8]}"
+    gateway_port, gateway_metrics_port = free_port_on(ROUTER_HOST), free_port_on(ROUTER_HOST)
+    suffix = uuid.uuid4().hex[:8]
+    names = (f"mili-router-test-{suffix}", f"mili-gateway-test-{suffix}")
     docker.run(
-        "run", "--detach", "--name", name, "--network", "host", "--read-only",
-        "--user", f"{ROUTER_UID}:{ROUTER_UID}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "run", "--detach", "--name", names[0], *RESTRICTED,
         router_image, "--host", ROUTER_HOST, "--port", str(port),
         "--prometheus-host", ROUTER_HOST, "--prometheus-port", str(metrics_port),
         "--worker-urls", worker.url, "--worker-startup-check-interval", "1", "--policy", "cache_aware",
     )  # fmt: skip
-    url = f"http://{ROUTER_HOST}:{port}"
+    docker.run(
+        "run", "--detach", "--name", names[1], *RESTRICTED, "--entrypoint", "mili-gateway",
+        router_image, "--host", ROUTER_HOST, "--port", str(gateway_port),
+        "--router-url", f"http://{ROUTER_HOST}:{port}", "--hold-timeout", "60",
+        "--metrics-host", ROUTER_HOST, "--metrics-port", str(gateway_metrics_port),
+    )  # fmt: skip
+    url = f"http://{ROUTER_HOST}:{gateway_port}"
 
     def logs() -> str:
-        result = docker.run("logs", name, check=False)
-        return (result.stdout + result.stderr)[-4000:]
+        results = [docker.run("logs", name, check=False) for name in names]
+        return "\n".join((result.stdout + result.stderr)[-3000:] for result in results)
 
     try:
-        wait_until(lambda: answers_ok(f"{url}/readiness"), "the router container", 90, diagnostics=logs)
+        wait_until(
+            lambda: answers_ok(f"{url}/readiness"), "the router behind the gateway", 90, diagnostics=logs
+        )
         api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
         completion = api.completions.create(model=SERVED_NAME, prompt="Hello", max_tokens=3)
         assert completion.usage.completion_tokens == 3
         metrics = httpx.get(f"http://{ROUTER_HOST}:{metrics_port}/metrics", timeout=10).text
         decision = f'vllm_router_policy_decisions_total{{policy="cache_aware",worker="{worker.url}"}} 1'
         assert decision in metrics
+        gateway_metrics = httpx.get(f"http://{ROUTER_HOST}:{gateway_metrics_port}/metrics", timeout=10).text
+        assert "mili_router_held_requests 0.0" in gateway_metrics
     finally:
-        docker.run("rm", "--force", name, check=False)
+        for name in names:
+            docker.run("rm", "--force", name, check=False)

@@ -39,6 +39,13 @@ class E2ECluster(Protocol):
     def worker_pods(self, name: str) -> list[str]:
         """Every worker pod of a MiliDeployment (ready or not)."""
 
+    def router_url(self, name: str) -> str | None:
+        """Base URL of the MiliDeployment's Service (its router pods' gateway) reachable from the test;
+        None while no router pod is ready."""
+
+    def kill_worker(self, name: str, pod: str) -> None:
+        """Kill one worker pod's container at once (no drain), as a crash would."""
+
     def prometheus_query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query against the Prometheus the operator's autoscaler reads."""
 

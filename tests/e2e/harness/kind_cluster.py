@@ -1,6 +1,7 @@
 """Kind mode: a real cluster (scripts/e2e-kind.sh made it and installed MILI), driven with kubectl.
 
-Workers and Prometheus are reached through `kubectl port-forward` on 127.0.0.1.
+Workers, a MiliDeployment's Service (its router pods) and Prometheus are reached through
+`kubectl port-forward` on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
+from mili.operator.rendering import router_selector_labels, selector_labels
 from mili_testing import stop_process
 
 SYSTEM_NAMESPACE = "mili-system"
@@ -104,29 +106,45 @@ class KindCluster:
     def delete(self, name: str) -> None:
         self.kubectl("delete", "milideployment", name, "--wait=false")
 
-    def _pods(self, name: str) -> list[dict[str, Any]]:
-        result = self.kubectl("get", "pods", "-l", f"mili.dev/deployment={name}", "-o", "json")
+    def _pods(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        result = self.kubectl("get", "pods", "-l", selector, "-o", "json")
         return [
             pod for pod in json.loads(result.stdout)["items"] if not pod["metadata"].get("deletionTimestamp")
         ]
 
-    def worker_pods(self, name: str) -> list[str]:
-        return [pod["metadata"]["name"] for pod in self._pods(name)]
-
-    def ready_worker_urls(self, name: str) -> dict[str, str]:
-        ready = [
+    def _ready_pods(self, labels: dict[str, str]) -> list[str]:
+        return [
             pod["metadata"]["name"]
-            for pod in self._pods(name)
+            for pod in self._pods(labels)
             if any(
                 c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or []
             )
         ]
-        for pod in set(self._forwards) - set(ready):
+
+    def worker_pods(self, name: str) -> list[str]:
+        return [pod["metadata"]["name"] for pod in self._pods(selector_labels(name))]
+
+    def ready_worker_urls(self, name: str) -> dict[str, str]:
+        ready = self._ready_pods(selector_labels(name))
+        for pod in {key for key in self._forwards if not key.startswith("svc/")} - set(ready):
             self._forwards.pop(pod).stop()
         for pod in ready:
             if pod not in self._forwards or not self._forwards[pod].alive():
                 self._forwards[pod] = PortForward(self.namespace, f"pod/{pod}", WORKER_PORT)
         return {pod: self._forwards[pod].url for pod in ready}
+
+    def router_url(self, name: str) -> str | None:
+        if not self._ready_pods(router_selector_labels(name)):
+            return None
+        service = f"svc/{name}"
+        if service not in self._forwards or not self._forwards[service].alive():
+            self._forwards[service] = PortForward(self.namespace, service, WORKER_PORT)
+        return self._forwards[service].url
+
+    def kill_worker(self, name: str, pod: str) -> None:
+        # No grace: the kubelet kills the container at once, the ReplicaSet starts a new pod.
+        self.kubectl("delete", "pod", pod, "--grace-period=0", "--force", "--wait=false")
 
     def prometheus_query(self, expr: str) -> list[dict[str, Any]]:
         if self._prometheus is None or not self._prometheus.alive():
@@ -141,8 +159,11 @@ class KindCluster:
 
     def diagnostics(self) -> str:
         parts = [self.kubectl("get", "all,events", "-o", "wide", check=False).stdout[-4000:]]
-        logs = self.kubectl("logs", "-l", "app.kubernetes.io/name=mili-worker", "--tail=50", check=False)
-        parts.append("--- worker logs:\n" + logs.stdout[-4000:])
+        for app in ("mili-worker", "mili-router"):
+            logs = self.kubectl(
+                "logs", "-l", f"app.kubernetes.io/name={app}", "--all-containers", "--tail=50", check=False
+            )
+            parts.append(f"--- {app} logs:\n" + logs.stdout[-4000:])
         operator = subprocess.run(
             ["kubectl", "-n", SYSTEM_NAMESPACE, "logs", "deployment/mili-operator", "--tail=80"],
             capture_output=True,

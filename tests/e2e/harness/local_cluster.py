@@ -7,7 +7,9 @@ The emulator and the operator process come from the operator's integration harne
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -19,10 +21,39 @@ import httpx
 from e2e.harness.cluster import ROOT
 from e2e.harness.pod_runner import PodRunner
 from e2e.harness.prometheus_server import PrometheusServer, write_targets
+from mili.operator.router import router_name
 from mili.worker.builtin_models import ensure_builtin_model
 from mili.worker.model_source import cache_root
 
 OPERATOR_HARNESS = ROOT / "tests" / "integration" / "operator" / "conftest.py"
+FIRST_POD_ADDRESS = os.environ.get("MILI_E2E_FIRST_POD_ADDRESS", "127.0.0.2")
+POD_PORTS = (8000, 8001, 29000, 29001)  # workers', gateways', routers' and their metrics ports
+
+
+class PodAddresses:
+    """A fresh loopback address per pod (127.0.0.2, 127.0.0.3, ...), skipping any where one of the
+    pods' ports is taken already (another program on this machine)."""
+
+    def __init__(self, first: str = FIRST_POD_ADDRESS) -> None:
+        self._next = ipaddress.IPv4Address(first)
+
+    def allocate(self) -> str:
+        while True:
+            address, self._next = str(self._next), self._next + 1
+            if not address.startswith("127."):
+                raise RuntimeError("no free loopback address left for a pod")
+            if all(_bindable(address, port) for port in POD_PORTS):
+                return address
+
+
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def operator_harness() -> ModuleType:
@@ -38,7 +69,7 @@ def operator_harness() -> ModuleType:
 
 
 class LocalCluster:
-    """Everything on loopback; worker pods are `mili serve` processes started by the pod runner."""
+    """Everything on loopback; pods are processes started by the pod runner, each on its own address."""
 
     mode = "local"
 
@@ -89,7 +120,8 @@ class LocalCluster:
             targets_file=self.prometheus.targets_file,
             node_cache=cache_root(),
             bin_dir=Path(sys.executable).parent,
-            allocate_port=self.harness.free_port,
+            allocate_address=PodAddresses().allocate,
+            router_targets_file=self.prometheus.router_targets_file,
         )
         self.runner.start()
 
@@ -139,6 +171,15 @@ class LocalCluster:
     def worker_pods(self, name: str) -> list[str]:
         assert self.runner is not None
         return [pod.name for pod in self.runner.all_pods(name)]
+
+    def router_url(self, name: str) -> str | None:
+        assert self.runner is not None
+        ready = self.runner.ready_pods(router_name(name))
+        return ready[0].url if ready else None
+
+    def kill_worker(self, name: str, pod: str) -> None:
+        assert self.runner is not None
+        self.runner.kill(pod)
 
     def prometheus_query(self, expr: str) -> list[dict[str, Any]]:
         return self.prometheus.query(expr)

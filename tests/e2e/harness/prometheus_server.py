@@ -1,7 +1,7 @@
 """A real Prometheus on loopback whose scrape targets come from a file (file-based service discovery).
 
-The pod runner writes the workers' file; each target carries the labels the shipped Kubernetes
-relabeling gives a worker pod (`namespace`, `mili_deployment`, `pod`), so the cluster's PromQL works.
+The pod runner writes the workers' and the routers' files; each target carries the labels the shipped
+Kubernetes relabeling gives a pod (`namespace`, `mili_deployment`, `pod`), so the cluster's PromQL works.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from mili_testing import answers_ok, require_binary, stop_process
 SCRAPE_INTERVAL = "1s"
 
 
-def write_config(path: Path, targets_file: Path, operator_targets_file: Path) -> None:
-    """The shipped config's two jobs, workers and operator, each from its targets file, every second."""
+def write_config(path: Path, jobs: Mapping[str, Path]) -> None:
+    """The shipped config's jobs (workers, routers, operator), each from its targets file, every second."""
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [
@@ -31,9 +31,9 @@ def write_config(path: Path, targets_file: Path, operator_targets_file: Path) ->
                 "honor_labels": job == "mili-operator",  # as in manifests/prometheus/prometheus.yml
                 "scrape_interval": SCRAPE_INTERVAL,
                 "scrape_timeout": SCRAPE_INTERVAL,
-                "file_sd_configs": [{"files": [str(path)], "refresh_interval": SCRAPE_INTERVAL}],
+                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": SCRAPE_INTERVAL}],
             }
-            for job, path in (("mili-workers", targets_file), ("mili-operator", operator_targets_file))
+            for job, targets in jobs.items()
         ],
     }
     path.write_text(json.dumps(config, indent=2))  # YAML is a superset of JSON
@@ -56,15 +56,21 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{port}"
         self.targets_file = workdir / "targets.json"
         self.operator_targets_file = workdir / "operator-targets.json"
+        self.router_targets_file = workdir / "router-targets.json"
         self.log_path = workdir / "prometheus.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         binary = require_binary("prometheus")
-        write_targets(self.targets_file, [])
-        write_targets(self.operator_targets_file, [])
+        jobs = {
+            "mili-workers": self.targets_file,
+            "mili-routers": self.router_targets_file,
+            "mili-operator": self.operator_targets_file,
+        }
+        for targets in jobs.values():
+            write_targets(targets, [])
         config = self.workdir / "prometheus.yml"
-        write_config(config, self.targets_file, self.operator_targets_file)
+        write_config(config, jobs)
         command = [
             binary,
             f"--config.file={config}",

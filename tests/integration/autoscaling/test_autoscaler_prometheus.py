@@ -161,7 +161,7 @@ def test_requests_held_at_the_router_join_the_waiting_signal(prometheus, workers
 
     try:
         seen = wait_until(
-            lambda: (o := observe()).router_waiting == 6 and o, "the held gauge in Prometheus", timeout=30
+            lambda: (o := observe()).held_requests == 6 and o, "the held gauge in Prometheus", timeout=30
         )
         assert seen.waiting_per_replica == pytest.approx(6 / len(workers), abs=0.5)
     finally:

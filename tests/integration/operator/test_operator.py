@@ -10,8 +10,10 @@ import uuid
 from typing import Any
 
 
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    return deployment["spec"]["template"]["spec"]["containers"][0]
+def container(deployment: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The pod template's container called ``name`` (the first one without a name)."""
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == name) if name else containers[0]
 
 
 def flag(args: list[str], name: str) -> str:
@@ -132,12 +134,14 @@ def test_the_router_discovers_the_workers_with_its_own_pod_reader_role(api, oper
     ]
     pod = router["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "routed-router" and router["spec"]["replicas"] == 2
-    args = container(router)["args"]
+    args = container(router, "router")["args"]
     assert (
         flag(args, "--policy") == "round_robin" and flag(args, "--service-discovery-namespace") == "mili-test"
     )
     assert flag(args, "--api-key") == "$(MILI_API_KEY)"
-    assert container(router)["image"] == "mili-router:0.1.0"
+    assert (
+        container(router, "router")["image"] == container(router, "gateway")["image"] == "mili-router:0.1.0"
+    )
 
     # Turned off: the router's children go and the Service selects the workers again.
     api.patch_spec("routed", {"router": {"enabled": False}})

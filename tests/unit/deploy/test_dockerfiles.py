@@ -39,7 +39,7 @@ def allowed_by_dockerignore(path: str) -> bool:
         ("Dockerfile.worker", "cpu", "1000"),
         ("Dockerfile.worker", "gpu", "1000"),
         ("Dockerfile.operator", "router", "1000"),
-        ("Dockerfile.operator", "2", "65532"),  # the unnamed last stage, after `build` and `router`
+        ("Dockerfile.operator", "3", "65532"),  # the unnamed last stage, after build, router-build, router
     ],
 )
 def test_final_stages_run_as_the_manifests_non_root_user(dockerfile: str, stage: str, uid: str):

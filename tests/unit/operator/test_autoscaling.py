@@ -223,15 +223,23 @@ def test_a_request_waiting_at_zero_replicas_brings_one_worker():
     assert "1 request(s) waiting at zero replicas" in decision.reason
 
 
+def test_a_request_held_by_the_gateway_at_zero_replicas_brings_one_worker():
+    # The gateway holds it without forwarding (the router has no worker): only its gauge saw it.
+    decision = decide(Observation(None, None, router_requests=0.0, held_requests=2.0), 0, FROM_ZERO, (), NOW)
+    assert (decision.replicas, decision.direction) == (1, "up")
+    assert "2 request(s) waiting at zero replicas" in decision.reason
+
+
 def test_a_long_scale_up_window_does_not_delay_the_wake_up():
     spec = replace(FROM_ZERO, scale_up_stabilization_seconds=600)
     history = (Recommendation(NOW - 10, 0),)
     assert decide(Observation(None, None, router_requests=3.0), 0, spec, history, NOW).replicas == 1
 
 
-@pytest.mark.parametrize("router_requests", [None, 0.0])
-def test_zero_stays_zero_without_requests(router_requests):
-    decision = decide(Observation(None, None, router_requests=router_requests), 0, FROM_ZERO, (), NOW)
+@pytest.mark.parametrize("quiet", [None, 0.0])
+def test_zero_stays_zero_without_requests(quiet):
+    observation = Observation(None, None, router_requests=quiet, held_requests=quiet)
+    decision = decide(observation, 0, FROM_ZERO, (), NOW)
     assert (decision.replicas, decision.active) == (0, True)
     assert "no requests at zero replicas" in decision.reason
 
@@ -251,7 +259,7 @@ def test_idle_goes_to_zero_only_after_the_scale_down_window():
 
 # Requests held in front of the workers (the routers' holding step) count as waiting.
 @pytest.mark.parametrize(
-    ("worker_waiting", "router_waiting", "ready", "expected"),
+    ("worker_waiting", "held_requests", "ready", "expected"),
     [
         (2.0, None, 3.0, 2.0),  # no router reports: the workers' queue alone
         (2.0, 0.0, 3.0, 2.0),
@@ -262,16 +270,16 @@ def test_idle_goes_to_zero_only_after_the_scale_down_window():
         (None, 6.0, 3.0, None),  # the workers report nothing: no signal (the decision holds)
     ],
 )
-def test_held_requests_are_shared_over_the_ready_workers(worker_waiting, router_waiting, ready, expected):
-    assert waiting_per_replica(worker_waiting, router_waiting, ready) == expected
+def test_held_requests_are_shared_over_the_ready_workers(worker_waiting, held_requests, ready, expected):
+    assert waiting_per_replica(worker_waiting, held_requests, ready) == expected
 
 
 def test_requests_held_at_the_router_scale_up_like_a_worker_queue():
     waiting = waiting_per_replica(0.5, 14.0, 2.0)  # 0.5 + 7 per worker against a target of 4
-    decision = decide(Observation(0.1, waiting, router_waiting=14.0), 2, SPEC, (), NOW)
+    decision = decide(Observation(0.1, waiting, held_requests=14.0), 2, SPEC, (), NOW)
     assert decision.replicas == 4 and "queue 7.50 > target" in decision.reason
 
 
 def test_a_request_held_at_zero_replicas_wakes_the_deployment():
-    decision = decide(Observation(None, None, router_waiting=1.0), 0, FROM_ZERO, (), NOW)
+    decision = decide(Observation(None, None, held_requests=1.0), 0, FROM_ZERO, (), NOW)
     assert (decision.replicas, decision.direction) == (1, "up")

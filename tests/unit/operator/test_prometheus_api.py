@@ -3,12 +3,13 @@ tests/integration/autoscaling/)."""
 
 from __future__ import annotations
 
+from mili.gateway.metrics import HELD_REQUESTS_METRIC
 from mili.operator.prometheus_api import (
     QuerySettings,
     average_over_ready_pods,
+    held_requests,
     pod_selector,
     ready_workers,
-    router_waiting,
 )
 
 
@@ -41,9 +42,10 @@ def test_label_values_are_quoted_for_promql():
 
 def test_held_requests_are_summed_over_router_pods_and_shared_over_ready_workers():
     selector = '{namespace="prod",mili_deployment="chat"}'
-    assert router_waiting(QuerySettings(), "prod", "chat") == (
+    assert held_requests(QuerySettings(), "prod", "chat") == (
         f"sum(avg_over_time(mili_router_held_requests{selector}[1m]))"
     )
+    assert HELD_REQUESTS_METRIC in held_requests(QuerySettings(), "prod", "chat")  # one name, both sides
     assert ready_workers(QuerySettings(), "prod", "chat") == (
         f"count(mili_num_requests_waiting{selector} and on(instance) (up{selector} == 1))"
     )

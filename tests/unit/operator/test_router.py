@@ -18,6 +18,7 @@ from mili.operator.rendering import (
     worker_args,
 )
 from mili.operator.router import (
+    gateway_args,
     ready_worker_ips,
     render_role,
     render_role_binding,
@@ -63,7 +64,7 @@ def test_the_router_discovers_this_deployments_workers_and_routes_by_the_policy(
     spec = parse_spec("chat", {"router": {"policy": "round_robin", "replicas": 2}})
     deployment = render_router_deployment(spec, "ns", IMAGE)
     assert deployment["metadata"]["name"] == "chat-router" and deployment["spec"]["replicas"] == 2
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    gateway, container = deployment["spec"]["template"]["spec"]["containers"]
     args = container["args"]
     assert container["command"] == ["vllm-router"] and container["image"] == IMAGE
     assert "--service-discovery" in args
@@ -72,12 +73,14 @@ def test_the_router_discovers_this_deployments_workers_and_routes_by_the_policy(
     assert flag_values(args, "--service-discovery-port") == ["8000"]
     assert flag_values(args, "--policy") == ["round_robin"]
     assert "--disable-retries" not in args and "--disable-circuit-breaker" not in args
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "metrics": 29000}
-    assert container["readinessProbe"]["httpGet"]["port"] == "http"
-    assert container["livenessProbe"]["httpGet"]["port"] == "http"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"router": 8001, "metrics": 29000}
+    assert flag_values(args, "--port") == ["8001"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "router"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "router"}
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "chat-router" and pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "29000"
     # The Deployment's selector is what its pods carry.
@@ -85,9 +88,35 @@ def test_the_router_discovers_this_deployments_workers_and_routes_by_the_policy(
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_the_gateway_is_the_pods_front_door_and_forwards_to_the_router_beside_it():
+    spec = parse_spec("chat", {})
+    gateway, router = render_router_deployment(spec, "ns", IMAGE)["spec"]["template"]["spec"]["containers"]
+    assert gateway["command"] == ["mili-gateway"] and gateway["image"] == IMAGE
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert ports == {"http": 8000, "gateway-metrics": 29001}
+    assert flag_values(gateway["args"], "--port") == ["8000"]
+    router_port = next(p["containerPort"] for p in router["ports"] if p["name"] == "router")
+    assert flag_values(gateway["args"], "--router-url") == [f"http://127.0.0.1:{router_port}"]
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/gateway/health", "port": "http"}
+    # Ready once the router behind it answers: /health passes through to the router's.
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    # The Service's target port is the gateway's.
+    assert render_service(spec, "ns")["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_the_rendered_gateway_arguments_are_ones_mili_gateway_accepts():
+    from mili.gateway.cli import parse_args
+
+    spec = parse_spec("chat", {"autoscaling": {"minReplicas": 0, "coldStartTimeoutSeconds": 45}})
+    args = parse_args(gateway_args(spec))
+    assert (args.port, args.hold_timeout, args.metrics_port) == (8000, 45.0, 29001)
+
+
 def test_the_api_key_reaches_the_router_from_the_secret():
     spec = parse_spec("chat", {"apiKeySecretRef": {"name": "keys", "key": "chat"}})
-    (container,) = render_router_deployment(spec, "ns", IMAGE)["spec"]["template"]["spec"]["containers"]
+    _gateway, container = render_router_deployment(spec, "ns", IMAGE)["spec"]["template"]["spec"][
+        "containers"
+    ]
     assert flag_values(container["args"], "--api-key") == ["$(MILI_API_KEY)"]
     assert container["env"] == [
         {"name": "MILI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "chat"}}}
@@ -163,6 +192,7 @@ def test_without_the_router_the_service_selects_the_workers():
 def test_a_held_request_may_wait_as_long_as_a_cold_start():
     spec = parse_spec("chat", {"autoscaling": {"minReplicas": 0, "coldStartTimeoutSeconds": 120}})
     assert flag_values(router_args(spec, "ns"), "--queue-timeout-secs") == ["120"]
+    assert flag_values(gateway_args(spec), "--hold-timeout") == ["120"]
     assert flag_values(router_args(parse_spec("chat", {}), "ns"), "--queue-timeout-secs") == ["300"]
     with pytest.raises(SpecError) as caught:
         parse_spec("chat", {"autoscaling": {"coldStartTimeoutSeconds": 0}})
