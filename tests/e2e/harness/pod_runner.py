@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -52,7 +53,8 @@ MANAGED_BY = ("app.kubernetes.io/managed-by", "mili-operator")
 DEPLOYMENT_LABEL = "mili.dev/deployment"
 APP_LABEL = "app.kubernetes.io/name"
 POLL_SECONDS = 0.25
-POD_LOCAL_ADDRESSES = ("0.0.0.0", "127.0.0.1")  # what a container's args mean by "this pod"
+# What a container's args mean by "this pod": whole addresses only (127.0.0.1 is not in 127.0.0.10).
+POD_LOCAL_ADDRESS = re.compile(r"(?<![\d.])(?:0\.0\.0\.0|127\.0\.0\.1)(?![\d])")
 DISCOVERY_FLAGS = ("--service-discovery-port", "--service-discovery-namespace")
 # Ports each Prometheus job keeps, by the pod's app label (the shipped relabeling's `keep` rules).
 SCRAPED_PORTS = {"mili-worker": ("http",), "mili-router": ("metrics", "gateway-metrics")}
@@ -124,12 +126,7 @@ def template_hash(template: dict[str, Any]) -> str:
 
 def pod_args(args: list[str], address: str) -> list[str]:
     """The container's args as they mean it inside its pod: the pod's own addresses become ``address``."""
-    rewritten = []
-    for arg in args:
-        for local in POD_LOCAL_ADDRESSES:
-            arg = arg.replace(local, address)
-        rewritten.append(arg)
-    return rewritten
+    return [POD_LOCAL_ADDRESS.sub(address, arg) for arg in args]
 
 
 def split_service_discovery(args: list[str]) -> tuple[list[str], dict[str, str] | None, int]:

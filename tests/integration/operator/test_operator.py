@@ -175,10 +175,8 @@ def worker_pod(api, deployment: str, name: str, ip: str, ready: bool) -> dict[st
 
 
 def kv_event_sources(api, name: str) -> list[str]:
-    args = container(
-        api.get(api.deployment_path(f"{name}-router"))
-        or {"spec": {"template": {"spec": {"containers": [{"args": []}]}}}}
-    )["args"]
+    router = api.get(api.deployment_path(f"{name}-router"))
+    args = container(router, "router")["args"] if router else []
     return [args[i + 1] for i, arg in enumerate(args) if arg == "--kv-event-source"]
 
 
@@ -187,7 +185,7 @@ def test_a_kv_aware_router_follows_the_ready_worker_pods(api, operator, wait_for
     workers = wait_for(lambda: api.get(api.deployment_path("precise")), "the worker Deployment")
     assert flag(container(workers)["args"], "--kv-events-endpoint") == "tcp://*:5557"
     router = wait_for(lambda: api.get(api.deployment_path("precise-router")), "the router Deployment")
-    assert "--worker-urls" not in container(router)["args"] and not kv_event_sources(api, "precise")
+    assert "--worker-urls" not in container(router, "router")["args"] and not kv_event_sources(api, "precise")
 
     worker_pod(api, "precise", "precise-a", "10.1.0.7", ready=True)
     worker_pod(api, "precise", "precise-b", "10.1.0.8", ready=False)

@@ -196,7 +196,8 @@ class FakePrometheus:
                 if mode == "garbage":
                     self._send(200, f"<html>{SECRET}</html>".encode(), "text/html")
                     return
-                value = {"ok": "0.7" if "kv_cache" in self.path else "4", "inf": "+Inf", "word": SECRET}[mode]
+                good = "0.7" if "kv_cache" in self.path else "0" if "held_requests" in self.path else "4"
+                value = {"ok": good, "inf": "+Inf", "word": SECRET}[mode]
                 body = {
                     "status": "success",
                     "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, value]}]},
