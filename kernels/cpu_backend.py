@@ -1,4 +1,5 @@
-"""`KernelBackend` on our C++ CPU kernels (kernels/cpu/ops.cpp, built by `mili.kernels.cpu_build`).
+"""`KernelBackend` on our C++ CPU kernels (kernels/cpu/ops.cpp, built by `mili.kernels.cpu_build`
+once per instruction-set level; the best level the host runs is loaded).
 
 Decode attention reads each sequence's own blocks straight from the paged cache (no gather padded to
 the longest context), the elementwise ops are fused single passes (the residual add with the norm, the
@@ -12,30 +13,33 @@ import functools
 
 import torch
 
-from mili.kernels.cpu_build import CpuKernelBuildError, cached_library
+from mili.kernels.cpu_build import CpuKernelBuildError, IsaLevel, cached_library, preferred_level
 from mili.kernels.torch_ops import TorchBackend
 
 
 @functools.cache
-def load_ops() -> object:
-    """Load the cached library once per process; raises `CpuKernelBuildError` saying how to build it."""
-    library = cached_library()
+def load_ops(level: IsaLevel) -> object:
+    """Load ``level``'s cached library once per process; raises `CpuKernelBuildError` saying how to
+    build it."""
+    library = cached_library(level)
     if library is None:
         raise CpuKernelBuildError(
-            "MILI's CPU kernels are not built for this torch and compiler: run "
+            f"MILI's CPU kernels ({level.name}) are not built for this torch and compiler: run "
             "`python -I -m mili.kernels.cpu_build` (make venv does)"
         )
     torch.ops.load_library(str(library))
-    return torch.ops.mili_cpu
+    return getattr(torch.ops, level.namespace)
 
 
 class CpuBackend:
-    """C++ kernels for the CPU; the torch ops in `TorchBackend` are their reference."""
+    """C++ kernels for the CPU; the torch ops in `TorchBackend` are their reference. ``level``: the
+    instruction-set build to load (default: the best the host runs, or ``$MILI_CPU_ISA``)."""
 
     name = "cpu"
 
-    def __init__(self) -> None:
-        self.ops = load_ops()
+    def __init__(self, level: IsaLevel | None = None) -> None:
+        self.level = level or preferred_level()
+        self.ops = load_ops(self.level)
         self._torch = TorchBackend()
 
     def rms_norm(

@@ -1,12 +1,16 @@
-"""Compile kernels/cpu/*.cpp into one shared library of torch ops (``torch.ops.mili_cpu.*``), cached.
+"""Compile kernels/cpu/*.cpp into shared libraries of torch ops, one per instruction-set level, cached.
 
-Plain g++ against torch's headers and libraries (no ninja, no pybind): the library registers its ops
-with ``TORCH_LIBRARY`` and is loaded with ``torch.ops.load_library``. It is named
-``mili_cpu_ops-<key>.so``, where ``key`` hashes the sources, the compiler's version, the flags and the
-torch version, so a changed source, compiler or torch never reuses a stale binary.
+Plain g++ against torch's headers and libraries (no ninja, no pybind): each library registers its ops
+with ``TORCH_LIBRARY`` under its own namespace (``torch.ops.mili_cpu_<level>.*``) and is loaded with
+``torch.ops.load_library``. The same sources are built once per `IsaLevel` of the machine's
+architecture (on x86-64: AVX-512, AVX2+FMA and the baseline), so one cache or image serves any CPU of
+the architecture, and the engine loads the best level the host runs (``$MILI_CPU_ISA`` names a lower
+one). A library is named ``mili_cpu_ops-<level>-<key>.so``, where ``key`` hashes the sources, the
+compiler's version, the flags and the torch version: a changed source, compiler or torch never reuses
+a stale binary.
 
-`make venv` builds it right after installing (``python -I -m mili.kernels.cpu_build``) and fails with a
-clear message when there is no C++ compiler; at run time `--kernels auto` uses it when present and
+`make venv` builds them right after installing (``python -I -m mili.kernels.cpu_build``) and fails with
+a clear message when there is no C++ compiler; at run time `--kernels auto` uses them when present and
 falls back to the torch ops otherwise. Cache directory: ``$MILI_CACHE_DIR/kernels``.
 """
 
@@ -18,19 +22,79 @@ import hashlib
 import os
 import shutil
 import subprocess
+import platform
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mili.kernels.cpu_features import host_cpu_flags
 from mili.kernels.cuda_build import cache_dir
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cpu"
-# Portable code (no -march=native: a cached library may move to another machine of the image);
-# the loops are written for the compiler's auto-vectorizer (omp simd).
+# Each level sets the vector ISA and the matching CPU_CAPABILITY of ATen's Vectorized (ATen/cpu/vec).
 CXX_FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-Wall", "-Werror", "-Wno-unknown-pragmas")
+ISA_ENV = "MILI_CPU_ISA"
+
+
+@dataclass(frozen=True)
+class IsaLevel:
+    """One build of the kernels: the host CPU flags it needs and the compiler flags it is built with."""
+
+    name: str
+    needs: frozenset[str]
+    flags: tuple[str, ...]
+
+    @property
+    def namespace(self) -> str:
+        """Its torch op namespace: ``torch.ops.<namespace>``."""
+        return f"mili_cpu_{self.name}"
+
+
+# Best first. x86-64-v4 is AVX-512 F/BW/CD/DQ/VL; v3 is AVX2, FMA, F16C, BMI1/2, LZCNT and MOVBE.
+X86_64_LEVELS = (
+    IsaLevel(
+        "avx512",
+        frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "f16c", "bmi2"}),
+        ("-march=x86-64-v4", "-mtune=sapphirerapids", "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"),
+    ),
+    IsaLevel(
+        "avx2",
+        frozenset({"avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm"}),
+        ("-march=x86-64-v3", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"),
+    ),
+    IsaLevel("generic", frozenset(), ("-DCPU_CAPABILITY=DEFAULT",)),
+)
+GENERIC_LEVELS = (IsaLevel("generic", frozenset(), ("-DCPU_CAPABILITY=DEFAULT",)),)
+
+
+def architecture_levels(machine: str | None = None) -> tuple[IsaLevel, ...]:
+    """Every level built for this architecture (``platform.machine()``), best first."""
+    machine = machine or platform.machine()
+    return X86_64_LEVELS if machine in ("x86_64", "AMD64") else GENERIC_LEVELS
+
+
+def host_levels(flags: frozenset[str] | None = None, machine: str | None = None) -> list[IsaLevel]:
+    """The levels this host can run, best first (``flags``: its /proc/cpuinfo flags)."""
+    if flags is None:
+        flags = host_cpu_flags()
+    return [level for level in architecture_levels(machine) if level.needs <= flags]
+
+
+def preferred_level(levels: list[IsaLevel] | None = None) -> IsaLevel:
+    """The best level the host runs, or the one ``$MILI_CPU_ISA`` names (which the host must run)."""
+    levels = host_levels() if levels is None else levels
+    wanted = os.environ.get(ISA_ENV)
+    if not wanted:
+        return levels[0]
+    for level in levels:
+        if level.name == wanted:
+            return level
+    names = ", ".join(level.name for level in levels)
+    raise CpuKernelBuildError(f"${ISA_ENV}={wanted!r} is not a level this CPU runs (it runs: {names})")
 
 
 class CpuKernelBuildError(RuntimeError):
@@ -62,44 +126,54 @@ def torch_flags() -> list[str]:
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     flags = [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
-    flags += [f"-I{path}" for path in cpp_extension.include_paths()]
+    flags += [f"-isystem{path}" for path in cpp_extension.include_paths()]  # their warnings are not ours
     for path in cpp_extension.library_paths():
         flags += [f"-L{path}", f"-Wl,-rpath,{path}"]
     return [*flags, "-lc10", "-ltorch_cpu", "-ltorch"]
 
 
-def library_name(compiler: str) -> str:
+def library_name(compiler: str, level: IsaLevel) -> str:
     digest = hashlib.sha256()
     for source in kernel_sources():
         digest.update(source.name.encode() + source.read_bytes())
-    digest.update(compiler_version(compiler).encode() + " ".join(CXX_FLAGS).encode())
+    digest.update(compiler_version(compiler).encode() + " ".join((*CXX_FLAGS, *level.flags)).encode())
     digest.update(torch.__version__.encode())
-    return f"mili_cpu_ops-{digest.hexdigest()[:16]}.so"
+    return f"mili_cpu_ops-{level.name}-{digest.hexdigest()[:16]}.so"
 
 
-def cached_library() -> Path | None:
-    """The built library for these sources, compiler and torch, if it is in the cache."""
+def cached_library(level: IsaLevel) -> Path | None:
+    """The built library of ``level`` for these sources, compiler and torch, if it is in the cache."""
     try:
-        path = cache_dir() / library_name(find_compiler())
+        path = cache_dir() / library_name(find_compiler(), level)
     except CpuKernelBuildError:
         return None
     return path if path.exists() else None
 
 
-def build(out_dir: Path | None = None) -> Path:
-    """Compile (or reuse) the library; returns its path. Raises `CpuKernelBuildError` with the reason."""
+def build(out_dir: Path | None = None, levels: Sequence[IsaLevel] | None = None) -> list[Path]:
+    """Compile (or reuse) one library per level (default: every level of this architecture); returns
+    their paths. Raises `CpuKernelBuildError` with the reason."""
     compiler = find_compiler()
     out_dir = out_dir or cache_dir()
-    target = out_dir / library_name(compiler)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [build_level(compiler, level, out_dir) for level in levels or architecture_levels()]
+
+
+def build_level(compiler: str, level: IsaLevel, out_dir: Path) -> Path:
+    target = out_dir / library_name(compiler, level)
     if target.exists():
         return target
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         partial = Path(tmp) / target.name
-        command = [compiler, *CXX_FLAGS, *map(str, kernel_sources()), "-o", str(partial), *torch_flags()]
+        command = [
+            compiler, *CXX_FLAGS, *level.flags, f"-DMILI_CPU_NAMESPACE={level.namespace}",
+            *map(str, kernel_sources()), "-o", str(partial), *torch_flags(),
+        ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise CpuKernelBuildError(f"{compiler} failed on kernels/cpu:\n{result.stderr[-4000:]}")
+            raise CpuKernelBuildError(
+                f"{compiler} failed on kernels/cpu ({level.name}):\n{result.stderr[-4000:]}"
+            )
         partial.replace(target)  # atomic: concurrent builders never load a half-written library
     return target
 
@@ -109,11 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the cache)")
     args = parser.parse_args(argv)
     try:
-        path = build(args.out)
+        paths = build(args.out)
     except CpuKernelBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(path)
+    print("\n".join(map(str, paths)))
     return 0
 
 

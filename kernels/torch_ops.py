@@ -113,15 +113,17 @@ class TorchBackend:
             if prefix > 0:
                 query_pos = torch.arange(prefix, context_len, device=q.device)
                 mask = torch.arange(context_len, device=q.device)[None, :] <= query_pos[:, None]
+            # 4-D [1, H, L, D]: on the CPU only the 4-D form reaches torch's flash kernel (3-D takes
+            # the math path, about 10x slower, materializing the scores and the causal mask).
             out[begin:end] = F.scaled_dot_product_attention(
-                q[begin:end].transpose(0, 1),  # [Hq, q_len, D]
-                keys.transpose(0, 1),
-                values.transpose(0, 1),
+                q[begin:end].transpose(0, 1).unsqueeze(0),
+                keys.transpose(0, 1).unsqueeze(0),
+                values.transpose(0, 1).unsqueeze(0),
                 attn_mask=mask,
                 is_causal=mask is None,
                 scale=scale,
                 enable_gqa=True,
-            ).transpose(0, 1)
+            )[0].transpose(0, 1)
         return out
 
 

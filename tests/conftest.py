@@ -24,8 +24,9 @@ def tiny_qwen3_dir(tiny_model_dirs: dict[str, Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cpu_kernels_built() -> Path:
-    """The C++ CPU kernels' library, built once into the cache (`make venv` builds it already)."""
+def cpu_kernels_built() -> list[Path]:
+    """The C++ CPU kernels' libraries (one per instruction-set level), built once into the cache
+    (`make venv` builds them already)."""
     from mili.kernels.cpu_build import CpuKernelBuildError, build
     from mili_testing import CI_STRICT
 

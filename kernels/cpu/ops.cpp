@@ -3,9 +3,17 @@
 // Layouts are the kernel backend interface's (kernels/backend.py). Every kernel reads its inputs in
 // their own dtype (float32, bfloat16 or float16), computes in float32 and rounds once on store, as the
 // torch reference does. Work is split over tokens or (sequence, kv head) pairs with at::parallel_for.
+// Inner loops run on ATen's Vectorized<float> (AVX-512, AVX2 or plain C++, as the build's
+// CPU_CAPABILITY says: see kernels/cpu_build.py), with a scalar tail for lengths off the vector width.
+
+// GCC 12 reports _mm512_undefined_ps inside the fp16 conversion intrinsics as maybe-uninitialized where
+// they inline into our loops: a false positive (the lanes are all overwritten).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -17,6 +25,7 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -24,6 +33,11 @@ namespace {
 // Elementwise work below this many elements runs on the calling thread: waking the pool costs more
 // than the work (and, on a busy machine, a scheduler time slice per parallel region).
 constexpr int64_t kSerialElements = 1 << 16;
+
+// The dtypes the kernels take (float64 is refused with torch's "not implemented for 'Double'").
+#define MILI_DISPATCH(TYPE, NAME, ...)                                                     \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                 \
+                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
 
 inline int64_t grain_rows(int64_t row_elements) { return std::max<int64_t>(1, kSerialElements / row_elements); }
 
@@ -40,14 +54,128 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+
+// kLanes elements of T as floats, and a float vector stored as kLanes T's (rounded to nearest even).
+inline Vec load_vec(const float* src) { return Vec::loadu(src); }
+template <typename T>
+inline Vec load_vec(const T* src) {
+  Vec out;
+  at::vec::load_to_float<T>(src, out);
+  return out;
+}
+inline void store_vec(float* dst, const Vec& v) { v.store(dst); }
+template <typename T>
+inline void store_vec(T* dst, const Vec& v) {
+  at::vec::convert_from_float<T>(v, v).store(dst, kLanes);
+}
+// v rounded to T and back: the rounding torch applies between two ops of a T computation.
+template <typename T>
+inline Vec round_vec(const Vec& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
+  }
+}
+template <typename T>
+inline float round_to(float x) { return static_cast<float>(static_cast<T>(x)); }
+
+// dst[0..n) = src as floats.
+template <typename T>
+inline void to_float(const T* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) load_vec(src + i).store(dst + i);
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// The lanes' sum (the plain-C++ Vectorized's own reduce_add does not compile in torch 2.13's headers).
+inline float lane_sum(const Vec& v) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  return v.reduce_add();
+#else
+  float lanes[kLanes];
+  v.store(lanes);
+  float sum = 0.f;
+  for (int64_t i = 0; i < kLanes; ++i) sum += lanes[i];
+  return sum;
+#endif
+}
+
+// sum of a[i] * b[i] over float rows.
+inline float vec_dot(const float* a, const float* b, int64_t n) {
+  Vec acc(0.f);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
+  float sum = lane_sum(acc);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
 void check_cpu(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be on the CPU");
 }
 
 // --- decode attention ------------------------------------------------------------------------------
-// One task = one (sequence, kv head): its G = Hq / Hk query heads read each cached K/V row once.
-// Scores of the whole context are kept (context_len floats per head), then softmax, then V.
-template <typename T>
+// One task = one (sequence, kv head): its G = Hq / Hk query heads (pre-scaled) read each cached K/V row
+// once. Scores of the whole context are kept (context_len floats per head), then one vectorized softmax
+// per head, then V block by block: a block's rows are converted to float once, and each head's output
+// accumulates over them in registers. kChunks > 0 compiles a head_dim of kChunks vectors (a K row then
+// lives in registers); kChunks == 0 takes any head_dim, with scalar tails.
+template <int kChunks>
+constexpr int64_t chunks_of(int64_t head_dim) { return kChunks > 0 ? kChunks : head_dim / kLanes; }
+
+// scores[g * len] = query_g . k_row for each of the G heads (query: G rows of head_dim floats).
+template <typename T, int kChunks>
+inline void score_row(const T* k_row, const float* query, int64_t group, int64_t head_dim, int64_t len,
+                      float* scores, float* scratch) {
+  if constexpr (kChunks > 0) {
+    Vec k[kChunks];
+    for (int c = 0; c < kChunks; ++c) k[c] = load_vec(k_row + c * kLanes);
+    for (int64_t g = 0; g < group; ++g) {
+      const float* qg = query + g * head_dim;
+      Vec acc = Vec::loadu(qg) * k[0];
+      for (int c = 1; c < kChunks; ++c) acc = at::vec::fmadd(Vec::loadu(qg + c * kLanes), k[c], acc);
+      scores[g * len] = lane_sum(acc);
+    }
+  } else {
+    to_float(k_row, scratch, head_dim);
+    for (int64_t g = 0; g < group; ++g) scores[g * len] = vec_dot(query + g * head_dim, scratch, head_dim);
+  }
+}
+
+// acc_g += sum_j probs[g * len + j] * v_j over one block's `count` rows, for each of the G heads.
+template <typename T, int kChunks>
+inline void accumulate_block(const T* rows, int64_t row_stride, int64_t count, const float* probs, int64_t group,
+                             int64_t head_dim, int64_t len, float* acc, float* values) {
+  for (int64_t j = 0; j < count; ++j) to_float(rows + j * row_stride, values + j * head_dim, head_dim);
+  const int64_t chunks = chunks_of<kChunks>(head_dim), vector_dim = chunks * kLanes;
+  for (int64_t g = 0; g < group; ++g) {
+    float* a = acc + g * head_dim;
+    const float* p = probs + g * len;
+    if constexpr (kChunks > 0) {
+      Vec sum[kChunks];
+      for (int c = 0; c < kChunks; ++c) sum[c] = Vec::loadu(a + c * kLanes);
+      for (int64_t j = 0; j < count; ++j) {
+        const Vec weight(p[j]);
+        for (int c = 0; c < kChunks; ++c)
+          sum[c] = at::vec::fmadd(weight, Vec::loadu(values + j * head_dim + c * kLanes), sum[c]);
+      }
+      for (int c = 0; c < kChunks; ++c) sum[c].store(a + c * kLanes);
+    } else {
+      for (int64_t j = 0; j < count; ++j) {
+        const float* v = values + j * head_dim;
+        const Vec weight(p[j]);
+        int64_t d = 0;
+        for (; d < vector_dim; d += kLanes) at::vec::fmadd(weight, Vec::loadu(v + d), Vec::loadu(a + d)).store(a + d);
+        for (; d < head_dim; ++d) a[d] += p[j] * v[d];
+      }
+    }
+  }
+}
+
+template <typename T, int kChunks>
 void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
                            at::Tensor& out) {
@@ -64,54 +192,77 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_cache, const
   const int64_t q_seq_stride = q.stride(0), q_head_stride = q.stride(1);
   const int64_t row = num_kv_heads * head_dim;  // one token's K (or V) in the cache
   const int64_t block_stride = block_size * row;
+  const int64_t head_bytes = head_dim * static_cast<int64_t>(sizeof(T)), row_bytes = row * static_cast<int64_t>(sizeof(T));
 
   at::parallel_for(0, num_seqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> query(group * head_dim), key(head_dim), acc(group * head_dim), scores;
+    std::vector<float> query(group * head_dim), acc(group * head_dim), values(block_size * head_dim), scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t seq = task / num_kv_heads, kv_head = task % num_kv_heads;
       const int64_t len = lens[seq];
       const int32_t* table = tables + seq * max_blocks;
+      // Calls visit(first row of the block, its first position, rows in it) for each block of this
+      // kv head, after prefetching the next block's rows: blocks are scattered, so the hardware
+      // prefetcher cannot see them coming.
+      auto for_each_block = [&](const T* cache, auto&& visit) {
+        for (int64_t first = 0, b = 0; first < len; first += block_size, ++b) {
+          if (first + block_size < len) {
+            const char* next = reinterpret_cast<const char*>(cache + table[b + 1] * block_stride + kv_head * head_dim);
+            const int64_t next_count = std::min(block_size, len - first - block_size);
+            for (int64_t j = 0; j < next_count; ++j)
+              for (int64_t byte = 0; byte < head_bytes; byte += 64) __builtin_prefetch(next + j * row_bytes + byte);
+          }
+          visit(cache + table[b] * block_stride + kv_head * head_dim, first, std::min(block_size, len - first));
+        }
+      };
       for (int64_t g = 0; g < group; ++g) {
-        const T* src = q_ptr + seq * q_seq_stride + (kv_head * group + g) * q_head_stride;
-        load_row(src, query.data() + g * head_dim, head_dim);
+        float* dst = query.data() + g * head_dim;
+        to_float(q_ptr + seq * q_seq_stride + (kv_head * group + g) * q_head_stride, dst, head_dim);
+        for (int64_t d = 0; d < head_dim; ++d) dst[d] *= static_cast<float>(scale);
       }
-      scores.assign(group * len, 0.f);
-      for (int64_t t = 0; t < len; ++t) {
-        const T* k_row = k_ptr + table[t / block_size] * block_stride + (t % block_size) * row +
-                         kv_head * head_dim;
-        load_row(k_row, key.data(), head_dim);
-        for (int64_t g = 0; g < group; ++g)
-          scores[g * len + t] = dot(query.data() + g * head_dim, key.data(), head_dim) * scale;
-      }
+      scores.resize(group * len);
+      for_each_block(k_ptr, [&](const T* rows, int64_t first, int64_t count) {
+        for (int64_t j = 0; j < count; ++j)
+          score_row<T, kChunks>(rows + j * row, query.data(), group, head_dim, len, scores.data() + first + j,
+                                values.data());
+      });
       for (int64_t g = 0; g < group; ++g) {
         float* s = scores.data() + g * len;
-        const float max_score = *std::max_element(s, s + len);
-        float total = 0.f;
-        for (int64_t t = 0; t < len; ++t) {
-          s[t] = std::exp(s[t] - max_score);
-          total += s[t];
-        }
+        const float max_score = at::vec::reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, s, len);
+        at::vec::map([max_score](Vec x) { return (x - Vec(max_score)).exp(); }, s, s, len);
+        const float total = at::vec::reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, s, len);
         const float inv = 1.f / total;
-        for (int64_t t = 0; t < len; ++t) s[t] *= inv;
+        at::vec::map([inv](Vec x) { return x * Vec(inv); }, s, s, len);
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = 0; t < len; ++t) {
-        const T* v_row = v_ptr + table[t / block_size] * block_stride + (t % block_size) * row +
-                         kv_head * head_dim;
-        load_row(v_row, key.data(), head_dim);
-        for (int64_t g = 0; g < group; ++g) {
-          const float p = scores[g * len + t];
-          float* a = acc.data() + g * head_dim;
-#pragma omp simd
-          for (int64_t d = 0; d < head_dim; ++d) a[d] += p * key[d];
-        }
-      }
+      for_each_block(v_ptr, [&](const T* rows, int64_t first, int64_t count) {
+        accumulate_block<T, kChunks>(rows, row, count, scores.data() + first, group, head_dim, len, acc.data(),
+                                     values.data());
+      });
       for (int64_t g = 0; g < group; ++g) {
         T* dst = out_ptr + (seq * num_heads + kv_head * group + g) * head_dim;
-        for (int64_t d = 0; d < head_dim; ++d) dst[d] = static_cast<T>(acc[g * head_dim + d]);
+        const float* a = acc.data() + g * head_dim;
+        int64_t d = 0;
+        for (; d + kLanes <= head_dim; d += kLanes) store_vec(dst + d, Vec::loadu(a + d));
+        for (; d < head_dim; ++d) dst[d] = static_cast<T>(a[d]);
       }
     }
   });
+}
+
+// The head_dims compiled with their row in registers; any other takes the general loop.
+template <typename T>
+void decode_attention_dispatch(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                               const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
+                               at::Tensor& out) {
+  const int64_t head_dim = q.size(2);
+  const int64_t chunks = head_dim % kLanes == 0 ? head_dim / kLanes : 0;
+  switch (chunks) {
+    case 2: return decode_attention_impl<T, 2>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+    case 4: return decode_attention_impl<T, 4>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+    case 8: return decode_attention_impl<T, 8>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+    case 16: return decode_attention_impl<T, 16>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+    default: return decode_attention_impl<T, 0>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+  }
 }
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -131,8 +282,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   TORCH_CHECK(block_tables.size(0) == q.size(0) && context_lens.size(0) == q.size(0), op,
               ": one block table row and one context length per sequence");
   auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {
-    decode_attention_impl<scalar_t>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+  MILI_DISPATCH(q.scalar_type(), "decode_attention", [&] {
+    decode_attention_dispatch<scalar_t>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
   });
   return out;
 }
@@ -178,16 +329,20 @@ void silu_and_mul_impl(const at::Tensor& x, at::Tensor& out) {
   const T* src = x.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   at::parallel_for(0, num_tokens, grain_rows(2 * inner), [&](int64_t begin, int64_t end) {
+    const Vec one(1.f);
     for (int64_t t = begin; t < end; ++t) {
       const T* gate = src + t * 2 * inner;
       const T* up = gate + inner;
       T* o = dst + t * inner;
-#pragma omp simd
-      for (int64_t i = 0; i < inner; ++i) {
+      int64_t i = 0;
+      // silu(gate) is rounded to T before the product, as torch's silu(gate) * up is.
+      for (; i + kLanes <= inner; i += kLanes) {
+        const Vec g = load_vec(gate + i);
+        store_vec(o + i, round_vec<T>(g / (one + g.neg().exp())) * load_vec(up + i));
+      }
+      for (; i < inner; ++i) {
         const float g = static_cast<float>(gate[i]);
-        // Rounded to T before the product, as torch's silu(gate) * up is.
-        const float silu = static_cast<float>(static_cast<T>(g / (1.f + std::exp(-g))));
-        o[i] = static_cast<T>(silu * static_cast<float>(up[i]));
+        o[i] = static_cast<T>(round_to<T>(g / (1.f + std::exp(-g))) * static_cast<float>(up[i]));
       }
     }
   });
@@ -197,7 +352,7 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
   check_cpu(x, "silu_and_mul", "x");
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) % 2 == 0, "silu_and_mul: x must be a contiguous [T, 2I]");
   auto out = at::empty({x.size(0), x.size(1) / 2}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_and_mul",
+  MILI_DISPATCH(x.scalar_type(), "silu_and_mul",
                                   [&] { silu_and_mul_impl<scalar_t>(x, out); });
   return out;
 }
@@ -213,26 +368,31 @@ void rms_norm_impl(const at::Tensor& x, const at::Tensor& weight, double eps, co
   T* dst = out.data_ptr<T>();
   T* res_out = new_residual ? new_residual->data_ptr<T>() : nullptr;
   at::parallel_for(0, rows, grain_rows(hidden), [&](int64_t begin, int64_t end) {
-    std::vector<float> sum(hidden);
+    std::vector<float> sum(hidden);  // the (rounded) residual sum, or x, in float
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = src + r * hidden;
+      int64_t i = 0;
       if (res) {
         const T* rr = res + r * hidden;
         T* ro = res_out + r * hidden;
-        for (int64_t i = 0; i < hidden; ++i) {
+        for (; i + kLanes <= hidden; i += kLanes) {
+          const Vec v = round_vec<T>(load_vec(xr + i) + load_vec(rr + i));
+          store_vec(ro + i, v);
+          v.store(sum.data() + i);
+        }
+        for (; i < hidden; ++i) {
           ro[i] = static_cast<T>(static_cast<float>(xr[i]) + static_cast<float>(rr[i]));
           sum[i] = static_cast<float>(ro[i]);
         }
       } else {
-        load_row(xr, sum.data(), hidden);
+        to_float(xr, sum.data(), hidden);
       }
-      const float inv = 1.f / std::sqrt(dot(sum.data(), sum.data(), hidden) / hidden + static_cast<float>(eps));
+      const float inv = 1.f / std::sqrt(vec_dot(sum.data(), sum.data(), hidden) / hidden + static_cast<float>(eps));
       T* o = dst + r * hidden;
-#pragma omp simd
-      for (int64_t i = 0; i < hidden; ++i) {
-        const float normed = static_cast<float>(static_cast<T>(sum[i] * inv));
-        o[i] = static_cast<T>(static_cast<float>(w[i]) * normed);
-      }
+      const Vec inv_v(inv);
+      for (i = 0; i + kLanes <= hidden; i += kLanes)
+        store_vec(o + i, load_vec(w + i) * round_vec<T>(Vec::loadu(sum.data() + i) * inv_v));
+      for (; i < hidden; ++i) o[i] = static_cast<T>(static_cast<float>(w[i]) * round_to<T>(sum[i] * inv));
     }
   });
 }
@@ -247,7 +407,7 @@ void check_norm_args(const at::Tensor& x, const at::Tensor& weight, const char* 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_norm_args(x, weight, "rms_norm");
   auto out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm",
+  MILI_DISPATCH(x.scalar_type(), "rms_norm",
                                   [&] { rms_norm_impl<scalar_t>(x, weight, eps, nullptr, out, nullptr); });
   return out;
 }
@@ -260,7 +420,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
               "add_rms_norm: residual must be contiguous, shaped and typed like x");
   auto out = at::empty_like(x);
   auto new_residual = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_rms_norm", [&] {
+  MILI_DISPATCH(x.scalar_type(), "add_rms_norm", [&] {
     rms_norm_impl<scalar_t>(x, weight, eps, &residual, out, &new_residual);
   });
   return {out, new_residual};
@@ -274,7 +434,7 @@ at::Tensor fused_add_rms_norm(const at::Tensor& x, at::Tensor& residual, const a
   TORCH_CHECK(residual.is_contiguous() && residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(),
               "fused_add_rms_norm: residual must be contiguous, shaped and typed like x");
   auto out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_add_rms_norm", [&] {
+  MILI_DISPATCH(x.scalar_type(), "fused_add_rms_norm", [&] {
     rms_norm_impl<scalar_t>(x, weight, eps, &residual, out, &residual);
   });
   return out;
@@ -321,7 +481,7 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& q, at::Tensor& k,
   const int64_t rot_dim = cos_sin_cache.size(1);
   for (auto* x : {&q, &k}) {
     check_rotary_args(op, positions, *x, cos_sin_cache);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x->scalar_type(), op, [&] {
+    MILI_DISPATCH(x->scalar_type(), op, [&] {
       rotate_impl<scalar_t>(positions.data_ptr<int64_t>(), *x, cos_sin_cache.data_ptr<float>(), rot_dim);
     });
   }
@@ -337,23 +497,34 @@ void qk_norm_rotary_impl(const int64_t* positions, const at::Tensor& x, const T*
   const int64_t token_stride = x.stride(0), head_stride = x.stride(1);
   const T* src = x.data_ptr<T>();
   T* dst = out.data_ptr<T>();
+  std::vector<float> w(head_dim);
+  if (weight != nullptr) to_float(weight, w.data(), head_dim);
   at::parallel_for(0, num_tokens, grain_rows(heads * head_dim), [&](int64_t begin, int64_t end) {
     std::vector<float> row(head_dim);
     for (int64_t t = begin; t < end; ++t) {
       const float* cos = cos_sin + positions[t] * head_dim;
       const float* sin = cos + half;
       for (int64_t h = 0; h < heads; ++h) {
-        load_row(src + t * token_stride + h * head_stride, row.data(), head_dim);
+        to_float(src + t * token_stride + h * head_stride, row.data(), head_dim);
         if (weight != nullptr) {
-          const float inv = 1.f / std::sqrt(dot(row.data(), row.data(), head_dim) / head_dim + static_cast<float>(eps));
-          for (int64_t i = 0; i < head_dim; ++i) {
-            const float normed = static_cast<float>(static_cast<T>(row[i] * inv));
-            row[i] = static_cast<float>(static_cast<T>(static_cast<float>(weight[i]) * normed));
+          const float inv = 1.f / std::sqrt(vec_dot(row.data(), row.data(), head_dim) / head_dim + static_cast<float>(eps));
+          const Vec inv_v(inv);
+          int64_t i = 0;
+          for (; i + kLanes <= head_dim; i += kLanes) {
+            const Vec normed = round_vec<T>(Vec::loadu(row.data() + i) * inv_v);
+            round_vec<T>(Vec::loadu(w.data() + i) * normed).store(row.data() + i);
           }
+          for (; i < head_dim; ++i) row[i] = round_to<T>(w[i] * round_to<T>(row[i] * inv));
         }
         T* o = dst + (t * heads + h) * head_dim;
-#pragma omp simd
-        for (int64_t i = 0; i < half; ++i) {
+        int64_t i = 0;
+        for (; i + kLanes <= half; i += kLanes) {
+          const Vec x1 = Vec::loadu(row.data() + i), x2 = Vec::loadu(row.data() + half + i);
+          const Vec c = Vec::loadu(cos + i), s = Vec::loadu(sin + i);
+          store_vec(o + i, x1 * c - x2 * s);
+          store_vec(o + half + i, x2 * c + x1 * s);
+        }
+        for (; i < half; ++i) {
           o[i] = static_cast<T>(row[i] * cos[i] - row[i + half] * sin[i]);
           o[i + half] = static_cast<T>(row[i + half] * cos[i] + row[i] * sin[i]);
         }
@@ -371,7 +542,7 @@ at::Tensor qk_norm_rotary_one(const char* op, const at::Tensor& positions, const
                 op, ": weights must be contiguous [D] in q's dtype");
   }
   auto out = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "qk_norm_rotary", [&] {
+  MILI_DISPATCH(x.scalar_type(), "qk_norm_rotary", [&] {
     const scalar_t* w = weight.has_value() ? weight->data_ptr<scalar_t>() : nullptr;
     qk_norm_rotary_impl<scalar_t>(positions.data_ptr<int64_t>(), x, w, eps, cos_sin_cache.data_ptr<float>(), out);
   });
@@ -390,7 +561,15 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rotary(const at::Tensor& positions, c
 
 }  // namespace
 
-TORCH_LIBRARY(mili_cpu, m) {
+// Each instruction-set build registers under its own namespace (MILI_CPU_NAMESPACE, set by cpu_build);
+// the indirection expands the macro before TORCH_LIBRARY pastes it.
+#ifndef MILI_CPU_NAMESPACE
+#define MILI_CPU_NAMESPACE mili_cpu
+#endif
+#define MILI_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define MILI_LIBRARY_IMPL(ns, m) TORCH_LIBRARY_IMPL(ns, CPU, m)
+
+MILI_LIBRARY(MILI_CPU_NAMESPACE, m) {
   m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor context_lens, float scale) -> Tensor");
   m.def("store_kv(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
   m.def("silu_and_mul(Tensor x) -> Tensor");
@@ -402,7 +581,7 @@ TORCH_LIBRARY(mili_cpu, m) {
         "Tensor cos_sin_cache) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(mili_cpu, CPU, m) {
+MILI_LIBRARY_IMPL(MILI_CPU_NAMESPACE, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("store_kv", &store_kv);
   m.impl("silu_and_mul", &silu_and_mul);

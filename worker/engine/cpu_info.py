@@ -6,28 +6,17 @@ import functools
 import os
 from pathlib import Path
 
+from mili.kernels.cpu_features import host_cpu_flags
+
 # Either gives oneDNN native bf16 dot products (AMX tiles on Sapphire Rapids and later, AVX512-BF16 on
 # Cooper Lake / Zen 4); without them torch emulates bf16 and runs slower than float32.
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
-def cpu_flags(cpuinfo: str) -> frozenset[str]:
-    """The feature flags of the first processor in a /proc/cpuinfo text."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
 @functools.cache
 def has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AMX-BF16 or AVX512-BF16)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(cpu_flags(cpuinfo) & BF16_FLAGS)
+    return bool(host_cpu_flags() & BF16_FLAGS)
 
 
 def physical_cores(cpus: set[int] | None = None) -> int:

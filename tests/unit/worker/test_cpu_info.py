@@ -6,8 +6,10 @@ import os
 
 import torch
 
+from mili.kernels.cpu_build import X86_64_LEVELS, host_levels
+from mili.kernels.cpu_features import cpu_flags
 from mili.worker.engine import cpu_info, model_runner
-from mili.worker.engine.cpu_info import cpu_flags, physical_cores
+from mili.worker.engine.cpu_info import physical_cores
 
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
@@ -17,6 +19,18 @@ def test_flags_are_read_from_the_first_processor():
     assert {"amx_bf16", "avx512_bf16"} <= cpu_flags(SAPPHIRE_RAPIDS)
     assert "avx2" in cpu_flags(ZEN3) and not cpu_flags(ZEN3) & cpu_info.BF16_FLAGS
     assert cpu_flags("") == frozenset()
+
+
+def test_kernel_levels_follow_the_flags():
+    avx512 = "avx512f avx512bw avx512cd avx512dq avx512vl avx2 fma f16c bmi1 bmi2 movbe abm"
+    assert [level.name for level in host_levels(frozenset(avx512.split()), "x86_64")] == [
+        "avx512",
+        "avx2",
+        "generic",
+    ]
+    assert [level.name for level in host_levels(cpu_flags(ZEN3), "x86_64")] == ["generic"]
+    assert [level.name for level in host_levels(frozenset(), "aarch64")] == ["generic"]
+    assert len({level.namespace for level in X86_64_LEVELS}) == len(X86_64_LEVELS)
 
 
 def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch, tiny_qwen3_dir):
