@@ -20,9 +20,9 @@ import argparse
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
-import platform
 import sys
 import tempfile
 from collections.abc import Sequence
