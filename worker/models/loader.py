@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch import nn
 
 from mili.kernels import KernelBackend
+from mili.worker.models.cpu_linear import packing_available, prepack_linears
 from mili.worker.models.decoder import CausalLM
 from mili.worker.models.model_config import ModelConfig
 
@@ -42,6 +43,8 @@ def load_model(
         torch.set_default_dtype(previous_dtype)
     model.cos_sin_cache = model.cos_sin_cache.float().to(device)
     load_weights(model, model_dir)
+    if packing_available(dtype, device):
+        logger.info("CPU: %d linear layers on oneDNN's prepacked weights", prepack_linears(model))
     return model.eval()
 
 
