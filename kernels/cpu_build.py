@@ -55,12 +55,14 @@ class IsaLevel:
 
 
 # Best first. x86-64-v4 is AVX-512 F/BW/CD/DQ/VL; v3 is AVX2, FMA, F16C, BMI1/2, LZCNT and MOVBE.
+X86_64_V4 = frozenset(
+    {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "f16c", "bmi2"}
+)
+AVX512 = ("-march=x86-64-v4", "-mtune=sapphirerapids", "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512")
 X86_64_LEVELS = (
-    IsaLevel(
-        "avx512",
-        frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "f16c", "bmi2"}),
-        ("-march=x86-64-v4", "-mtune=sapphirerapids", "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"),
-    ),
+    # AVX512-BF16 (Cooper Lake, Sapphire Rapids and later, Zen 4): bf16 dot products and conversions
+    IsaLevel("avx512bf16", X86_64_V4 | {"avx512_bf16"}, (*AVX512, "-mavx512bf16")),
+    IsaLevel("avx512", X86_64_V4, AVX512),
     IsaLevel(
         "avx2",
         frozenset({"avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm"}),

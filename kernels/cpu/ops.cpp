@@ -65,9 +65,25 @@ inline Vec load_vec(const T* src) {
   at::vec::load_to_float<T>(src, out);
   return out;
 }
+// With AVX512-BF16 (the avx512bf16 build) float -> bf16 rounding is one instruction (VCVTNEPS2BF16,
+// round to nearest even as c10 rounds; it flushes denormals, which bf16 activations never are).
+#if defined(__AVX512BF16__)
+constexpr bool kNativeBf16 = true;
+inline __m256i to_bf16_bits(const Vec& v) { return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)); }
+inline Vec from_bf16_bits(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
+#else
+constexpr bool kNativeBf16 = false;
+#endif
+
 inline void store_vec(float* dst, const Vec& v) { v.store(dst); }
 template <typename T>
 inline void store_vec(T* dst, const Vec& v) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), to_bf16_bits(v));
+    return;
+  }
+#endif
   at::vec::convert_from_float<T>(v, v).store(dst, kLanes);
 }
 // v rounded to T and back: the rounding torch applies between two ops of a T computation.
@@ -76,6 +92,9 @@ inline Vec round_vec(const Vec& v) {
   if constexpr (std::is_same_v<T, float>) {
     return v;
   } else {
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<T, c10::BFloat16>) return from_bf16_bits(to_bf16_bits(v));
+#endif
     return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
   }
 }
@@ -126,10 +145,28 @@ void check_cpu(const at::Tensor& t, const char* op, const char* name) {
 template <int kChunks>
 constexpr int64_t chunks_of(int64_t head_dim) { return kChunks > 0 ? kChunks : head_dim / kLanes; }
 
-// scores[g * len] = query_g . k_row for each of the G heads (query: G rows of head_dim floats).
+// scores[g * len] = query_g . k_row for each of the G heads (query: G rows of head_dim floats, scaled;
+// raw_query: the same rows unscaled in T, q_head_stride apart).
 template <typename T, int kChunks>
-inline void score_row(const T* k_row, const float* query, int64_t group, int64_t head_dim, int64_t len,
-                      float* scores, float* scratch) {
+inline void score_row(const T* k_row, const float* query, const T* raw_query, int64_t q_head_stride, float scale,
+                      int64_t group, int64_t head_dim, int64_t len, float* scores, float* scratch) {
+#if defined(__AVX512BF16__)
+  // bf16 pairs straight from the cache into VDPBF16PS: exact products, float32 sums, no conversion.
+  if constexpr (std::is_same_v<T, c10::BFloat16> && kChunks > 0 && kChunks % 2 == 0) {
+    constexpr int kPairs = kChunks / 2;  // 32 bf16 per 512-bit vector
+    __m512bh k[kPairs];
+    for (int c = 0; c < kPairs; ++c) k[c] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(k_row + c * 32));
+    for (int64_t g = 0; g < group; ++g) {
+      const T* qg = raw_query + g * q_head_stride;
+      __m512 acc = _mm512_setzero_ps();
+      for (int c = 0; c < kPairs; ++c)
+        acc = _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(_mm512_loadu_si512(qg + c * 32)), k[c]);
+      scores[g * len] = scale * _mm512_reduce_add_ps(acc);
+    }
+    return;
+  }
+#endif
+  (void)raw_query, (void)q_head_stride, (void)scale;
   if constexpr (kChunks > 0) {
     Vec k[kChunks];
     for (int c = 0; c < kChunks; ++c) k[c] = load_vec(k_row + c * kLanes);
@@ -214,16 +251,17 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_cache, const
           visit(cache + table[b] * block_stride + kv_head * head_dim, first, std::min(block_size, len - first));
         }
       };
+      const T* raw_query = q_ptr + seq * q_seq_stride + kv_head * group * q_head_stride;
       for (int64_t g = 0; g < group; ++g) {
         float* dst = query.data() + g * head_dim;
-        to_float(q_ptr + seq * q_seq_stride + (kv_head * group + g) * q_head_stride, dst, head_dim);
+        to_float(raw_query + g * q_head_stride, dst, head_dim);
         for (int64_t d = 0; d < head_dim; ++d) dst[d] *= static_cast<float>(scale);
       }
       scores.resize(group * len);
       for_each_block(k_ptr, [&](const T* rows, int64_t first, int64_t count) {
         for (int64_t j = 0; j < count; ++j)
-          score_row<T, kChunks>(rows + j * row, query.data(), group, head_dim, len, scores.data() + first + j,
-                                values.data());
+          score_row<T, kChunks>(rows + j * row, query.data(), raw_query, q_head_stride, static_cast<float>(scale),
+                                group, head_dim, len, scores.data() + first + j, values.data());
       });
       for (int64_t g = 0; g < group; ++g) {
         float* s = scores.data() + g * len;

@@ -28,6 +28,12 @@ def test_kernel_levels_follow_the_flags():
         "avx2",
         "generic",
     ]
+    assert [level.name for level in host_levels(frozenset({*avx512.split(), "avx512_bf16"}), "x86_64")] == [
+        "avx512bf16",
+        "avx512",
+        "avx2",
+        "generic",
+    ]
     assert [level.name for level in host_levels(cpu_flags(ZEN3), "x86_64")] == ["generic"]
     assert [level.name for level in host_levels(frozenset(), "aarch64")] == ["generic"]
     assert len({level.namespace for level in X86_64_LEVELS}) == len(X86_64_LEVELS)
