@@ -13,7 +13,7 @@ from mili.kernels import KernelShapes, choose_backend
 from mili.kernels.self_check import SelfCheckFailed
 from mili.worker.config import EngineConfig
 from mili.worker.engine.context import AttentionContext, set_context
-from mili.worker.engine.cpu_info import has_native_bf16, physical_cores
+from mili.worker.engine.cpu_info import engine_threads, has_native_bf16
 from mili.worker.engine.cuda_graphs import (
     DecodeGraphs,
     capture_sizes,
@@ -82,8 +82,9 @@ class ModelRunner:
         self.block_size = config.block_size
         self.device = resolve_device(config.device)
         if self.device.type == "cpu":
-            # One thread per physical core: SMT siblings share the vector units matmuls saturate.
-            torch.set_num_threads(physical_cores())
+            # One thread per physical core (SMT siblings share the vector units matmuls saturate),
+            # within the container's CPU limit.
+            torch.set_num_threads(engine_threads())
         self.dtype = resolve_dtype(config.dtype, model_config, self.device)
         self.kernel_choice = choose_backend(
             config.kernels, self.device, kernel_shapes(model_config, config, self.dtype)

@@ -9,7 +9,7 @@ import torch
 from mili.kernels.cpu_build import X86_64_LEVELS, host_levels
 from mili.kernels.cpu_features import cpu_flags
 from mili.worker.engine import cpu_info, model_runner
-from mili.worker.engine.cpu_info import physical_cores
+from mili.worker.engine.cpu_info import cgroup_cpu_limit, engine_threads, physical_cores
 
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
@@ -54,3 +54,35 @@ def test_physical_cores_counts_each_core_once():
     visible = physical_cores()
     assert 1 <= visible <= len(os.sched_getaffinity(0))
     assert physical_cores({0}) == 1
+
+
+def test_cgroup_v2_cpu_max_is_the_limit(tmp_path):
+    (tmp_path / "proc").write_text("0::/kubepods/pod1/worker\n")
+    pod = tmp_path / "cg" / "kubepods" / "pod1" / "worker"
+    pod.mkdir(parents=True)
+    (pod / "cpu.max").write_text("250000 100000\n")
+    assert cgroup_cpu_limit(tmp_path / "cg", tmp_path / "proc") == 2.5
+    (pod / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path / "cg", tmp_path / "proc") is None
+
+
+def test_cgroup_v1_cfs_quota_is_the_limit_and_minus_one_is_none(tmp_path):
+    (tmp_path / "proc").write_text("4:memory:/x\n2:cpu,cpuacct:/\n")
+    mount = tmp_path / "cg" / "cpu,cpuacct"
+    mount.mkdir(parents=True)
+    (mount / "cpu.cfs_period_us").write_text("100000\n")
+    (mount / "cpu.cfs_quota_us").write_text("200000\n")
+    assert cgroup_cpu_limit(tmp_path / "cg", tmp_path / "proc") == 2.0
+    (mount / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(tmp_path / "cg", tmp_path / "proc") is None
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path):
+    assert cgroup_cpu_limit(tmp_path / "none", tmp_path / "missing") is None
+
+
+def test_engine_threads_are_capped_by_the_limit(monkeypatch):
+    monkeypatch.setattr(cpu_info, "physical_cores", lambda: 8)
+    for limit, expected in ((None, 8), (2.5, 2), (0.5, 1), (16.0, 8)):
+        monkeypatch.setattr(cpu_info, "cgroup_cpu_limit", lambda limit=limit: limit)
+        assert engine_threads() == expected
