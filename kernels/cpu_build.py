@@ -3,11 +3,11 @@
 Plain g++ against torch's headers and libraries (no ninja, no pybind): each library registers its ops
 with ``TORCH_LIBRARY`` under its own namespace (``torch.ops.mili_cpu_<level>.*``) and is loaded with
 ``torch.ops.load_library``. The same sources are built once per `IsaLevel` of the machine's
-architecture (on x86-64: AVX-512, AVX2+FMA and the baseline), so one cache or image serves any CPU of
-the architecture, and the engine loads the best level the host runs (``$MILI_CPU_ISA`` names a lower
-one). A library is named ``mili_cpu_ops-<level>-<key>.so``, where ``key`` hashes the sources, the
-compiler's version, the flags and the torch version: a changed source, compiler or torch never reuses
-a stale binary.
+architecture (on x86-64: AVX512-BF16, AVX-512, AVX2+FMA and the baseline), so one cache or image
+serves any CPU of the architecture, and the engine loads the best level the host runs
+(``$MILI_CPU_ISA`` names a lower one). A library is named ``mili_cpu_ops-<level>-<key>.so``, where
+``key`` hashes the sources, the compiler's version, the flags and the torch version: a changed source,
+compiler or torch never reuses a stale binary.
 
 `make venv` builds them right after installing (``python -I -m mili.kernels.cpu_build``) and fails with
 a clear message when there is no C++ compiler; at run time `--kernels auto` uses them when present and
@@ -59,6 +59,7 @@ X86_64_V4 = frozenset(
     {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "f16c", "bmi2"}
 )
 AVX512 = ("-march=x86-64-v4", "-mtune=sapphirerapids", "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512")
+GENERIC = IsaLevel("generic", frozenset(), ("-DCPU_CAPABILITY=DEFAULT",))  # any CPU, any architecture
 X86_64_LEVELS = (
     # AVX512-BF16 (Cooper Lake, Sapphire Rapids and later, Zen 4): bf16 dot products and conversions
     IsaLevel("avx512bf16", X86_64_V4 | {"avx512_bf16"}, (*AVX512, "-mavx512bf16")),
@@ -68,15 +69,14 @@ X86_64_LEVELS = (
         frozenset({"avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm"}),
         ("-march=x86-64-v3", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"),
     ),
-    IsaLevel("generic", frozenset(), ("-DCPU_CAPABILITY=DEFAULT",)),
+    GENERIC,
 )
-GENERIC_LEVELS = (IsaLevel("generic", frozenset(), ("-DCPU_CAPABILITY=DEFAULT",)),)
 
 
 def architecture_levels(machine: str | None = None) -> tuple[IsaLevel, ...]:
     """Every level built for this architecture (``platform.machine()``), best first."""
     machine = machine or platform.machine()
-    return X86_64_LEVELS if machine in ("x86_64", "AMD64") else GENERIC_LEVELS
+    return X86_64_LEVELS if machine in ("x86_64", "AMD64") else (GENERIC,)
 
 
 def host_levels(flags: frozenset[str] | None = None, machine: str | None = None) -> list[IsaLevel]:
