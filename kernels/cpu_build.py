@@ -6,8 +6,9 @@ with ``TORCH_LIBRARY`` under its own namespace (``torch.ops.mili_cpu_<level>.*``
 architecture (on x86-64: AVX512-BF16, AVX-512, AVX2+FMA and the baseline), so one cache or image
 serves any CPU of the architecture, and the engine loads the best level the host runs
 (``$MILI_CPU_ISA`` names a lower one). A library is named ``mili_cpu_ops-<level>-<key>.so``, where
-``key`` hashes the sources, the compiler's version, the flags and the torch version: a changed source,
-compiler or torch never reuses a stale binary.
+``key`` hashes the sources, the flags and the torch version: a changed source or torch never reuses a
+stale binary. The compiler is not in the key, so that a library loads where no compiler is (the worker
+image builds them in a stage with g++ and runs them in one without).
 
 `make venv` builds them right after installing (``python -I -m mili.kernels.cpu_build``) and fails with
 a clear message when there is no C++ compiler; at run time `--kernels auto` uses them when present and
@@ -17,7 +18,6 @@ falls back to the torch ops otherwise. Cache directory: ``$MILI_CACHE_DIR/kernel
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import os
 import platform
@@ -118,11 +118,6 @@ def find_compiler() -> str:
     )
 
 
-@functools.cache
-def compiler_version(compiler: str) -> str:
-    return subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-
-
 def torch_flags() -> list[str]:
     from torch.utils import cpp_extension
 
@@ -134,27 +129,28 @@ def torch_flags() -> list[str]:
     return [*flags, "-lc10", "-ltorch_cpu", "-ltorch"]
 
 
-def library_name(compiler: str, level: IsaLevel) -> str:
+def library_name(level: IsaLevel) -> str:
+    """``mili_cpu_ops-<level>-<key>.so``, the key hashing the sources, the flags and torch's version. Not
+    the compiler: the worker image loads its libraries where there is none."""
     digest = hashlib.sha256()
     for source in kernel_sources():
         digest.update(source.name.encode() + source.read_bytes())
-    digest.update(compiler_version(compiler).encode() + " ".join((*CXX_FLAGS, *level.flags)).encode())
+    digest.update(" ".join((*CXX_FLAGS, *level.flags)).encode())
     digest.update(torch.__version__.encode())
     return f"mili_cpu_ops-{level.name}-{digest.hexdigest()[:16]}.so"
 
 
 def cached_library(level: IsaLevel) -> Path | None:
-    """The built library of ``level`` for these sources, compiler and torch, if it is in the cache."""
-    try:
-        path = cache_dir() / library_name(find_compiler(), level)
-    except CpuKernelBuildError:
-        return None
+    """The built library of ``level`` for these sources and this torch, if it is in the cache."""
+    path = cache_dir() / library_name(level)
     return path if path.exists() else None
 
 
 def build(out_dir: Path | None = None, levels: Sequence[IsaLevel] | None = None) -> list[Path]:
     """Compile (or reuse) one library per level (default: every level of this architecture); returns
     their paths. Raises `CpuKernelBuildError` with the reason."""
+    if not kernel_sources():  # an install without its package data: g++ would link an empty library
+        raise CpuKernelBuildError(f"no C++ kernel sources in {SOURCE_DIR}")
     compiler = find_compiler()
     out_dir = out_dir or cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +158,7 @@ def build(out_dir: Path | None = None, levels: Sequence[IsaLevel] | None = None)
 
 
 def build_level(compiler: str, level: IsaLevel, out_dir: Path) -> Path:
-    target = out_dir / library_name(compiler, level)
+    target = out_dir / library_name(level)
     if target.exists():
         return target
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:

@@ -1,4 +1,5 @@
-"""The worker's CPU image: non-root, the builtin model baked in, ready and answering on its own."""
+"""The worker's CPU image: non-root, the builtin model and our C++ CPU kernels baked in (the worker runs
+with ``--kernels cpu``, which refuses to start without them), ready and answering on its own."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def worker(docker: DockerEngine, worker_cpu_image: str) -> Iterator[tuple[str, s
     name = f"mili-worker-test-{uuid.uuid4().hex[:8]}"
     docker.run(
         "run", "--detach", "--name", name, "--network", "host", worker_cpu_image, "serve",
-        "--host", "127.0.0.1", "--port", str(port), "--served-name", SERVED_NAME, "--kernels", "torch",
+        "--host", "127.0.0.1", "--port", str(port), "--served-name", SERVED_NAME, "--kernels", "cpu",
     )  # fmt: skip
     try:
         yield f"http://127.0.0.1:{port}", name

@@ -40,6 +40,25 @@ def test_selected_by_name_and_by_auto_on_cpu(cpu_kernels_built):
         assert chosen.name == "cpu" and chosen.level == preferred_level()
 
 
+def test_the_libraries_load_where_there_is_no_compiler(cpu_kernels_built, monkeypatch):
+    from mili.kernels import cpu_build
+
+    def no_compiler() -> str:
+        raise cpu_build.CpuKernelBuildError("no C++ compiler found")
+
+    monkeypatch.setattr(cpu_build, "find_compiler", no_compiler)
+    for level in host_levels():
+        assert cpu_build.cached_library(level) in cpu_kernels_built
+
+
+def test_a_build_without_sources_is_refused(tmp_path, monkeypatch):
+    from mili.kernels import cpu_build
+
+    monkeypatch.setattr(cpu_build, "SOURCE_DIR", tmp_path)
+    with pytest.raises(cpu_build.CpuKernelBuildError, match="no C\\+\\+ kernel sources"):
+        cpu_build.build(tmp_path / "out")
+
+
 def test_an_isa_level_the_host_lacks_is_refused(cpu_kernels_built, monkeypatch):
     monkeypatch.setenv("MILI_CPU_ISA", "avx1024")
     with pytest.raises(RuntimeError, match="not a level this CPU runs"):
