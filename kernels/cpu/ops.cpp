@@ -1,4 +1,5 @@
-// MILI's CPU kernels, registered as torch ops `mili_cpu::*` (see kernels/cpu_backend.py).
+// MILI's CPU kernels, registered as torch ops `<MILI_CPU_NAMESPACE>::*`, one namespace per instruction-set
+// build (see kernels/cpu_build.py and kernels/cpu_backend.py).
 //
 // Layouts are the kernel backend interface's (kernels/backend.py). Every kernel reads its inputs in
 // their own dtype (float32, bfloat16 or float16), computes in float32 and rounds once on store, as the
