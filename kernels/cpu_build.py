@@ -158,6 +158,7 @@ def build(out_dir: Path | None = None, levels: Sequence[IsaLevel] | None = None)
 
 
 def build_level(compiler: str, level: IsaLevel, out_dir: Path) -> Path:
+    """``level``'s library in ``out_dir``, compiled unless it is there already."""
     target = out_dir / library_name(level)
     if target.exists():
         return target

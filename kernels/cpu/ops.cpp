@@ -122,15 +122,17 @@ void check_cpu(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be on the CPU");
 }
 
+// 1 / RMS of a float row, as RMSNorm scales it.
+inline float inv_rms(const float* row, int64_t n, double eps) {
+  return 1.f / std::sqrt(vec_dot(row, row, n) / n + static_cast<float>(eps));
+}
+
 // --- decode attention ------------------------------------------------------------------------------
 // One task = one (sequence, kv head): its G = Hq / Hk query heads (pre-scaled) read each cached K/V row
 // once. Scores of the whole context are kept (context_len floats per head), then one vectorized softmax
 // per head, then V block by block: a block's rows are converted to float once, and each head's output
 // accumulates over them in registers. kChunks > 0 compiles a head_dim of kChunks vectors (a K row then
 // lives in registers); kChunks == 0 takes any head_dim, with scalar tails.
-template <int kChunks>
-constexpr int64_t chunks_of(int64_t head_dim) { return kChunks > 0 ? kChunks : head_dim / kLanes; }
-
 // scores[g * len] = query_g . k_row for each of the G heads (query: G rows of head_dim floats, scaled;
 // raw_query: the same rows unscaled in T, q_head_stride apart).
 template <typename T, int kChunks>
@@ -173,7 +175,6 @@ template <typename T, int kChunks>
 inline void accumulate_block(const T* rows, int64_t row_stride, int64_t count, const float* probs, int64_t group,
                              int64_t head_dim, int64_t len, float* acc, float* values) {
   for (int64_t j = 0; j < count; ++j) to_float(rows + j * row_stride, values + j * head_dim, head_dim);
-  const int64_t chunks = chunks_of<kChunks>(head_dim), vector_dim = chunks * kLanes;
   for (int64_t g = 0; g < group; ++g) {
     float* a = acc + g * head_dim;
     const float* p = probs + g * len;
@@ -187,6 +188,7 @@ inline void accumulate_block(const T* rows, int64_t row_stride, int64_t count, c
       }
       for (int c = 0; c < kChunks; ++c) sum[c].store(a + c * kLanes);
     } else {
+      const int64_t vector_dim = head_dim - head_dim % kLanes;
       for (int64_t j = 0; j < count; ++j) {
         const float* v = values + j * head_dim;
         const Vec weight(p[j]);
@@ -376,8 +378,7 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
   check_cpu(x, "silu_and_mul", "x");
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) % 2 == 0, "silu_and_mul: x must be a contiguous [T, 2I]");
   auto out = at::empty({x.size(0), x.size(1) / 2}, x.options());
-  MILI_DISPATCH(x.scalar_type(), "silu_and_mul",
-                                  [&] { silu_and_mul_impl<scalar_t>(x, out); });
+  MILI_DISPATCH(x.scalar_type(), "silu_and_mul", [&] { silu_and_mul_impl<scalar_t>(x, out); });
   return out;
 }
 
@@ -411,7 +412,7 @@ void rms_norm_impl(const at::Tensor& x, const at::Tensor& weight, double eps, co
       } else {
         to_float(xr, sum.data(), hidden);
       }
-      const float inv = 1.f / std::sqrt(vec_dot(sum.data(), sum.data(), hidden) / hidden + static_cast<float>(eps));
+      const float inv = inv_rms(sum.data(), hidden, eps);
       T* o = dst + r * hidden;
       const Vec inv_v(inv);
       for (i = 0; i + kLanes <= hidden; i += kLanes)
@@ -431,8 +432,7 @@ void check_norm_args(const at::Tensor& x, const at::Tensor& weight, const char* 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_norm_args(x, weight, "rms_norm");
   auto out = at::empty_like(x);
-  MILI_DISPATCH(x.scalar_type(), "rms_norm",
-                                  [&] { rms_norm_impl<scalar_t>(x, weight, eps, nullptr, out, nullptr); });
+  MILI_DISPATCH(x.scalar_type(), "rms_norm", [&] { rms_norm_impl<scalar_t>(x, weight, eps, nullptr, out, nullptr); });
   return out;
 }
 
@@ -531,7 +531,7 @@ void qk_norm_rotary_impl(const int64_t* positions, const at::Tensor& x, const T*
       for (int64_t h = 0; h < heads; ++h) {
         to_float(src + t * token_stride + h * head_stride, row.data(), head_dim);
         if (weight != nullptr) {
-          const float inv = 1.f / std::sqrt(vec_dot(row.data(), row.data(), head_dim) / head_dim + static_cast<float>(eps));
+          const float inv = inv_rms(row.data(), head_dim, eps);
           const Vec inv_v(inv);
           int64_t i = 0;
           for (; i + kLanes <= head_dim; i += kLanes) {
@@ -588,7 +588,7 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rotary(const at::Tensor& positions, c
 // Each instruction-set build registers under its own namespace (MILI_CPU_NAMESPACE, set by cpu_build);
 // the indirection expands the macro before TORCH_LIBRARY pastes it.
 #ifndef MILI_CPU_NAMESPACE
-#define MILI_CPU_NAMESPACE mili_cpu
+#error "build with -DMILI_CPU_NAMESPACE=mili_cpu_<level> (python -m mili.kernels.cpu_build does)"
 #endif
 #define MILI_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
 #define MILI_LIBRARY_IMPL(ns, m) TORCH_LIBRARY_IMPL(ns, CPU, m)
