@@ -326,12 +326,30 @@ SETTINGS: tuple[Setting, ...] = (
         optional=True,
     ),
     Setting(
+        "kv_events_replay_endpoint",
+        str,
+        None,
+        "resend missed KV-event batches on request on this address (vLLM's replay, ZMQ ROUTER),"
+        " e.g. tcp://*:5558; needs --kv-events-endpoint",
+        flag="--kv-events-replay-endpoint",
+        optional=True,
+    ),
+    Setting(
         "cpu_kv_cache_bytes",
         int,
         512 * 2**20,
         "KV pool size on CPU, in bytes",
         flag="--cpu-kv-cache-bytes",
         minimum=1,
+    ),
+    Setting(
+        "cpu_threads",
+        int,
+        None,
+        "threads of the CPU engine (default: one per physical core, within the container's CPU limit)",
+        flag="--cpu-threads",
+        minimum=1,
+        optional=True,
     ),
     Setting("seed", int, 0, "random seed of sampling", flag="--seed", minimum=0),
     # spec.router: the vllm-router Deployment in front of the workers (mili.operator.router).

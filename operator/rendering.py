@@ -37,11 +37,14 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 ROUTER_COMPONENT = "router"
 PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus"}
 
-# With spec.router.policy kv_aware each worker publishes its KV-cache events here (worker/kv_events.py)
-# and its router subscribes to every ready worker's publisher (mili.operator.router).
+# With spec.router.policy kv_aware each worker publishes its KV-cache events on the first port and
+# answers replay requests on the second (worker/kv_events.py); its router subscribes to every ready
+# worker's publisher and asks for a replay when it missed batches (mili.operator.router).
 KV_AWARE_POLICY = "kv_aware"
 KV_EVENTS_PORT = 5557
 KV_EVENTS_PORT_NAME = "kv-events"
+KV_REPLAY_PORT = 5558
+KV_REPLAY_PORT_NAME = "kv-replay"
 
 # Worker startup covers a model download and a warm-up: allow up to 30 minutes before liveness applies.
 STARTUP_PERIOD_SECONDS = 10
@@ -98,6 +101,11 @@ def kv_events_address(host: str) -> str:
     return f"tcp://{host}:{KV_EVENTS_PORT}"
 
 
+def kv_replay_address(host: str) -> str:
+    """The workers' KV-event replay socket as a ZMQ address: ``*`` (bind, in the pod) or a pod IP."""
+    return f"tcp://{host}:{KV_REPLAY_PORT}"
+
+
 def worker_args(spec: MiliDeploymentSpec) -> list[str]:
     """Arguments of `mili serve`: one flag per declared setting the spec holds (mili.common.settings),
     and the KV-event publisher when the router's policy is kv_aware."""
@@ -110,13 +118,15 @@ def worker_args(spec: MiliDeploymentSpec) -> list[str]:
         args += setting.flag_arguments(value)
     if publishes_kv_events(spec):
         args += settings.BY_NAME["kv_events_endpoint"].flag_arguments(kv_events_address("*"))
+        args += settings.BY_NAME["kv_events_replay_endpoint"].flag_arguments(kv_replay_address("*"))
     return args
 
 
 def worker_ports(spec: MiliDeploymentSpec) -> list[dict[str, Any]]:
     ports = [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}]
     if publishes_kv_events(spec):
-        ports.append({"name": KV_EVENTS_PORT_NAME, "containerPort": KV_EVENTS_PORT, "protocol": "TCP"})
+        for name, number in ((KV_EVENTS_PORT_NAME, KV_EVENTS_PORT), (KV_REPLAY_PORT_NAME, KV_REPLAY_PORT)):
+            ports.append({"name": name, "containerPort": number, "protocol": "TCP"})
     return ports
 
 
@@ -289,7 +299,7 @@ def render_network_policy(
     """Ingress to the workers' port: from this MiliDeployment's router pods, the operator's namespace
     (the operator, and the shipped Prometheus) and Prometheus pods anywhere; from any client only while
     the workers are the front door themselves (``workers_take_client_traffic``). With kv_aware, the
-    router pods also reach the KV-event publishers."""
+    router pods also reach the KV-event publishers and their replay sockets."""
     port = [{"protocol": "TCP", "port": "http"}]
     routers = {
         "podSelector": {"matchLabels": {DEPLOYMENT_LABEL: spec.name, COMPONENT_LABEL: ROUTER_COMPONENT}}
@@ -301,7 +311,8 @@ def render_network_policy(
     ]
     rules: list[dict[str, Any]] = [{"from": peers, "ports": port}]
     if publishes_kv_events(spec):
-        rules.append({"from": [routers], "ports": [{"protocol": "TCP", "port": KV_EVENTS_PORT_NAME}]})
+        kv_ports = [{"protocol": "TCP", "port": name} for name in (KV_EVENTS_PORT_NAME, KV_REPLAY_PORT_NAME)]
+        rules.append({"from": [routers], "ports": kv_ports})
     if workers_take_client_traffic(spec):
         rules.append({"ports": port})  # no `from`: any source, as the Service's clients need
     return {

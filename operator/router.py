@@ -23,6 +23,7 @@ from mili.operator.rendering import (
     MANAGED_BY_LABEL,
     WORKER_PORT,
     kv_events_address,
+    kv_replay_address,
     router_selector_labels,
     selector_labels,
     worker_labels,
@@ -77,7 +78,9 @@ def ready_worker_ips(pods: Iterable[Mapping[str, Any]], name: str) -> list[str]:
 
 def worker_source_args(spec: MiliDeploymentSpec, namespace: str, kv_workers: Sequence[str]) -> list[str]:
     """How the router knows the workers: service discovery, or for kv_aware the ready pods' addresses
-    with their KV-event publishers (block size and model name as the workers use them)."""
+    with their KV-event publishers and replay sockets (block size and model name as the workers use
+    them). A new router (a rolled or restarted one) asks each worker's replay socket for the batches it
+    missed when the first live batch arrives, so its index starts from what the workers hold."""
     if spec.router.policy != KV_AWARE_POLICY:
         selector = [f"{key}={value}" for key, value in selector_labels(spec.name).items()]
         return [
@@ -90,6 +93,7 @@ def worker_source_args(spec: MiliDeploymentSpec, namespace: str, kv_workers: Seq
     args = ["--worker-urls", *urls] if urls else []
     for url, ip in zip(urls, kv_workers, strict=True):
         args += ["--kv-event-source", f"{url}={kv_events_address(ip)}"]
+        args += ["--kv-event-replay-source", f"{url}={kv_replay_address(ip)}"]
     return [
         *args,
         "--kv-event-block-size", str(spec.engine.block_size),

@@ -28,12 +28,18 @@ class EngineConfig:
     max_num_batched_tokens: int = default("max_num_batched_tokens")
     gpu_memory_utilization: float = default("gpu_memory_utilization")
     cpu_kv_cache_bytes: int = default("cpu_kv_cache_bytes")  # KV pool size on CPU
+    cpu_threads: int | None = default("cpu_threads")  # None = one per physical core, within the CPU limit
     num_kv_blocks: int | None = default("num_kv_blocks")  # fixes the pool size, overriding the sizing
     prefix_caching: bool = default("prefix_caching")
     kernels: str = default("kernels")
     enforce_eager: bool = default("enforce_eager")  # True: no CUDA graphs (decode runs eagerly)
     seed: int = default("seed")
     kv_events_endpoint: str | None = default("kv_events_endpoint")  # ZMQ PUB address (worker/kv_events.py)
+    kv_events_replay_endpoint: str | None = default("kv_events_replay_endpoint")  # ZMQ ROUTER address
 
     def __post_init__(self) -> None:
         settings.check_all(self, settings.engine_config_settings())
+        if self.kv_events_endpoint is not None and not self.prefix_caching:
+            raise ValueError("kv_events_endpoint needs prefix_caching: without it no block is ever shared")
+        if self.kv_events_replay_endpoint is not None and self.kv_events_endpoint is None:
+            raise ValueError("kv_events_replay_endpoint needs kv_events_endpoint: there is nothing to replay")

@@ -3,15 +3,17 @@
 K prompt families, each a long shared system prompt (random token ids) plus a short unique question,
 arrive as a Poisson process (streaming completions). Every policy gets fresh workers on their own
 loopback addresses (127.0.0.2, ...; one port, as pods): ``cache_aware``, ``kv_aware`` (fed by the
-workers' KV events) and ``round_robin`` over ``--replicas`` workers, and a single-replica baseline
-with the same total KV cache. Per run: the aggregate prefix-hit ratio (from the workers' own
-counters), mean and p99 TTFT (client side, to the first streamed token), request and output-token
-throughput; then the targets: hit ratio at N replicas ≥ 90 % of the single replica's, mean TTFT ≥ 2×
-better than round_robin.
+workers' KV events, with replay, as the operator renders it) and ``round_robin`` over ``--replicas``
+workers, and a single-replica baseline with the same total KV cache. Per run: the aggregate
+prefix-hit ratio (from the workers' own counters), mean and p99 TTFT (client side, to the first
+streamed token), request and output-token throughput; then the targets: hit ratio at N replicas ≥ 90 %
+of the single replica's, mean TTFT ≥ 2× better than round_robin.
 
-Each worker's KV pool (``--families-per-worker``) holds about K / replicas families plus room for the
-running requests, so a policy that keeps a family on one worker finds it cached, and one that spreads
-families evicts them. Prompts are token ids, so every policy (kv_aware included) sees the tokens.
+Each worker's KV pool (``--families-per-worker``) holds about K / replicas system prompts plus the
+running requests' own blocks, so a policy that keeps a family on one worker finds it cached, and one
+that spreads families evicts them. Prompts are token ids, so every policy (kv_aware included) sees
+the tokens. The workers share this machine's cores (``--cpu-threads`` each, the cores shared out), as
+pods on one node would.
 
     .venv/bin/python tests/performance/bench_routing.py            # the real run (minutes)
     .venv/bin/python tests/performance/bench_routing.py --smoke    # tiny random model, a few requests
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import print_table  # noqa: E402
 from integration.router.processes import SERVED_NAME, Router, Worker, free_port_on  # noqa: E402
 
+from mili.worker.engine.cpu_info import physical_cores  # noqa: E402
 from mili.worker.model_source import DEFAULT_MODEL, resolve_model_source  # noqa: E402
 
 POLICIES = ("cache_aware", "kv_aware", "round_robin")
@@ -138,13 +141,27 @@ def run(
 ) -> RunResult:
     hosts = [f"127.0.0.{FIRST_HOST + i}" for i in range(replicas)]
     port = free_port_on(hosts[0])
-    engine = ("--max-model-len", str(args.max_model_len), "--num-kv-blocks", str(blocks))
+    threads = args.cpu_threads if replicas > 1 else None  # one replica has the machine to itself
+    engine = (
+        "--max-model-len", str(args.max_model_len),
+        "--num-kv-blocks", str(blocks),
+        *(("--cpu-threads", str(threads)) if threads else ()),
+    )  # fmt: skip
     with ExitStack() as stack:
         workers = []
         for host in hosts:
-            events = f"tcp://{host}:{free_port_on(host)}"
+            events, replay = f"tcp://{host}:{free_port_on(host)}", f"tcp://{host}:{free_port_on(host)}"
             log = logs / f"{name}-{host}.log".replace(" ", "-")
-            worker = Worker(args.model_dir, host, port, log, *engine, *args.worker_args, kv_events=events)
+            worker = Worker(
+                args.model_dir,
+                host,
+                port,
+                log,
+                *engine,
+                *args.worker_args,
+                kv_events=events,
+                kv_replay=replay,
+            )
             workers.append(worker.start())
             stack.callback(worker.stop)
         for worker in workers:
@@ -153,6 +170,7 @@ def run(
         if policy == "kv_aware":
             for worker in workers:
                 router_args += ["--kv-event-source", f"{worker.url}={worker.kv_events}"]
+                router_args += ["--kv-event-replay-source", f"{worker.url}={worker.kv_replay}"]
             router_args += ["--kv-event-block-size", str(args.block_size), "--kv-event-model", SERVED_NAME]
         router_host = f"127.0.0.{FIRST_HOST + replicas}"
         router = Router(
@@ -168,9 +186,14 @@ def run(
 
 
 def pool_blocks(args: argparse.Namespace) -> int:
-    """KV blocks per worker: ``--families-per-worker`` system prompts plus room for the running requests."""
-    per_prompt = math.ceil((args.system_tokens + args.question_tokens + args.output_tokens) / args.block_size)
-    return args.families_per_worker * per_prompt + args.max_running * per_prompt
+    """KV blocks per worker: ``--families-per-worker`` system prompts plus the running requests' own
+    blocks (question and output; a running request of a cached family shares the system prompt's).
+
+    No more: spare blocks would cache further families, and a pool that holds every family hides
+    what spreading them costs."""
+    system = math.ceil(args.system_tokens / args.block_size)
+    own = math.ceil((args.question_tokens + args.output_tokens) / args.block_size) + 1
+    return args.families_per_worker * system + args.max_running * own
 
 
 def report(results: list[RunResult], replicas: int) -> None:
@@ -218,11 +241,17 @@ def main() -> None:
     parser.add_argument("--question-tokens", type=int, default=32)
     parser.add_argument("--output-tokens", type=int, default=16)
     parser.add_argument("--requests", type=int, default=90)
-    parser.add_argument("--rate", type=float, default=1.0, help="mean arrivals per second (Poisson)")
+    parser.add_argument("--rate", type=float, default=2.0, help="mean arrivals per second (Poisson)")
     parser.add_argument("--families-per-worker", type=int, default=3, help="system prompts one KV pool holds")
     parser.add_argument("--max-running", type=int, default=4, help="the workers' --max-num-seqs")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--policies", nargs="+", default=[*POLICIES, "single"], choices=[*POLICIES, "single"])
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        help="each worker's --cpu-threads when there are several (default: this machine's physical cores"
+        " shared out, at least 1; workers that oversubscribe the cores stall at every parallel region)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -235,6 +264,8 @@ def main() -> None:
         smoke_dir = Path(tempfile.mkdtemp(prefix="bench-routing-")) / "tiny-qwen3"
         args.model = str(build_tiny_model(smoke_dir, "Qwen3ForCausalLM"))
         args.system_tokens, args.requests, args.rate, args.families, args.output_tokens = 96, 12, 6.0, 3, 4
+    if args.cpu_threads is None:
+        args.cpu_threads = max(1, physical_cores() // args.replicas)
     args.model_dir = Path(args.model) if not args.model.startswith("builtin:") else args.model
     args.max_model_len = args.system_tokens + args.question_tokens + args.output_tokens + args.block_size
     args.worker_args = ("--block-size", str(args.block_size), "--max-num-seqs", str(args.max_running))
@@ -243,7 +274,8 @@ def main() -> None:
     blocks = pool_blocks(args)
     print(
         f"{args.requests} requests, {args.families} families of {args.system_tokens}-token system prompts, "
-        f"Poisson {args.rate}/s, {args.output_tokens} output tokens; {blocks} KV blocks per worker"
+        f"Poisson {args.rate}/s, {args.output_tokens} output tokens; {blocks} KV blocks and"
+        f" {args.cpu_threads} CPU thread(s) per worker"
     )
     logs = Path(tempfile.mkdtemp(prefix="bench-routing-logs-"))
     results = []

@@ -74,11 +74,11 @@ class LLMEngine:
 
     def _kv_event_publisher(self) -> KvEventPublisher | None:
         endpoint = self.config.kv_events_endpoint
-        if endpoint is None:
+        if endpoint is None or self.block_manager.prefix_cache is None:  # EngineConfig: both or neither
             return None
-        if self.block_manager.prefix_cache is None:
-            raise ValueError("kv_events_endpoint needs prefix caching: without it no block is ever shared")
-        publisher = KvEventPublisher(endpoint, self.config.block_size)
+        publisher = KvEventPublisher(
+            endpoint, self.config.block_size, replay_endpoint=self.config.kv_events_replay_endpoint
+        )
         self.block_manager.prefix_cache.observer = publisher
         publisher.flush()  # AllBlocksCleared: a (re)started worker holds nothing
         return publisher

@@ -82,9 +82,9 @@ class ModelRunner:
         self.block_size = config.block_size
         self.device = resolve_device(config.device)
         if self.device.type == "cpu":
-            # One thread per physical core (SMT siblings share the vector units matmuls saturate),
-            # within the container's CPU limit.
-            torch.set_num_threads(engine_threads())
+            # By default one thread per physical core (SMT siblings share the vector units matmuls
+            # saturate), within the container's CPU limit.
+            torch.set_num_threads(config.cpu_threads or engine_threads())
         self.dtype = resolve_dtype(config.dtype, model_config, self.device)
         self.kernel_choice = choose_backend(
             config.kernels, self.device, kernel_shapes(model_config, config, self.dtype)

@@ -2,10 +2,11 @@
 
 vllm-router's ``kv_aware`` policy, for every worker it finds (``--worker-urls`` or Kubernetes service
 discovery), reads ``GET /get_server_info`` (which model, which block size, a stable instance id) and
-``GET /kv_event_sources`` (a map from data-parallel rank to the ZMQ publisher, shaped like vLLM's
-``KVEventsConfig``), then subscribes. A bind address (``tcp://*:5557``) is rewritten by the router to
-the worker's own host, so one pod template serves every replica. Without ``--kv-events-endpoint``,
-``/kv_event_sources`` is 404: the router skips the worker's events (and routes it by load).
+``GET /kv_event_sources`` (a map from data-parallel rank to the ZMQ publisher and its replay address,
+shaped like vLLM's ``KVEventsConfig``), then subscribes. A bind address (``tcp://*:5557``) is
+rewritten by the router to the worker's own host, so one pod template serves every replica. Without
+``--kv-events-endpoint``, ``/kv_event_sources`` is 404: the router skips the worker's events (and
+routes it by load).
 (vllm-router 0.1.17 reads both, but subscribes only to the sources it is given with
 ``--kv-event-source``; see docs/routing.md.)
 
@@ -51,10 +52,16 @@ async def get_server_info(request: Request) -> JSONBody:
     "/kv_event_sources", summary="This worker's KV-event publisher, keyed by data-parallel rank"
 )
 async def kv_event_sources(request: Request) -> JSONBody:
-    endpoint = _state(request).engine.config.kv_events_endpoint
-    if endpoint is None:
+    config = _state(request).engine.config
+    if config.kv_events_endpoint is None:
         raise APIError("this worker publishes no KV events (start it with --kv-events-endpoint)", 404)
-    source = {"endpoint": endpoint, "topic": "", "publisher": "zmq", "enable_kv_cache_events": True}
+    source = {
+        "endpoint": config.kv_events_endpoint,
+        "replay_endpoint": config.kv_events_replay_endpoint,
+        "topic": "",
+        "publisher": "zmq",
+        "enable_kv_cache_events": True,
+    }
     return JSONBody({DATA_PARALLEL_RANK: source})
 
 

@@ -184,6 +184,7 @@ def test_a_kv_aware_router_follows_the_ready_worker_pods(api, operator, wait_for
     api.create_milideployment("precise", {"resources": {"gpus": 0}, "router": {"policy": "kv_aware"}})
     workers = wait_for(lambda: api.get(api.deployment_path("precise")), "the worker Deployment")
     assert flag(container(workers)["args"], "--kv-events-endpoint") == "tcp://*:5557"
+    assert flag(container(workers)["args"], "--kv-events-replay-endpoint") == "tcp://*:5558"
     router = wait_for(lambda: api.get(api.deployment_path("precise-router")), "the router Deployment")
     assert "--worker-urls" not in container(router, "router")["args"] and not kv_event_sources(api, "precise")
 

@@ -27,11 +27,12 @@ def workers(tiny_qwen3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     started = []
     try:
         for host in WORKER_HOSTS:
-            events = f"tcp://*:{free_port_on('0.0.0.0')}"
+            events, replay = (f"tcp://*:{free_port_on('0.0.0.0')}" for _ in range(2))
             log = logs / f"{host}.log"
-            started.append(
-                Worker(tiny_qwen3_dir, host, port, log, "--api-key", API_KEY, kv_events=events).start()
+            worker = Worker(
+                tiny_qwen3_dir, host, port, log, "--api-key", API_KEY, kv_events=events, kv_replay=replay
             )
+            started.append(worker.start())
         for worker in started:
             worker.wait_ready()
         yield started

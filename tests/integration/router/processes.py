@@ -55,10 +55,18 @@ class Worker:
     """`mili serve` on the tiny checkpoint at ``host:port``, as a subprocess."""
 
     def __init__(
-        self, model_dir: Path, host: str, port: int, log_path: Path, *extra: str, kv_events: str | None = None
+        self,
+        model_dir: Path,
+        host: str,
+        port: int,
+        log_path: Path,
+        *extra: str,
+        kv_events: str | None = None,
+        kv_replay: str | None = None,
     ) -> None:
         self.host = host
         self.kv_events = kv_events  # the ZMQ address its KV-event publisher binds, if it publishes
+        self.kv_replay = kv_replay  # the ZMQ address its replay socket binds, if it has one
         self.port = port
         self.url = f"http://{host}:{port}"
         self.log_path = log_path
@@ -74,6 +82,7 @@ class Worker:
             "--num-kv-blocks", str(NUM_KV_BLOCKS),
             "--block-size", str(BLOCK_SIZE),
             *(("--kv-events-endpoint", kv_events) if kv_events else ()),
+            *(("--kv-events-replay-endpoint", kv_replay) if kv_replay else ()),
             *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None

@@ -50,13 +50,20 @@ def prefix_hits(worker: Worker, send_one: Callable[[], None]) -> float:
     return worker.prefix_tokens()[1] - before
 
 
-@pytest.fixture(scope="module")
-def kv_router(start_router: Callable[..., Router], workers: list[Worker]) -> Router:
+def kv_aware_args(workers: list[Worker], replay: bool) -> list[str]:
+    """The router's kv_aware arguments as the operator renders them, with or without replay sources."""
     args = ["--policy", "kv_aware", "--kv-event-block-size", str(BLOCK_SIZE), "--kv-event-model", SERVED_NAME]
     for worker in workers:
         # The workers bind tcp://*:PORT, as pods do; the router connects to each worker's own address.
         args += ["--kv-event-source", f"{worker.url}={worker.kv_events.replace('*', worker.host)}"]
-    return start_router(*args)
+        if replay:
+            args += ["--kv-event-replay-source", f"{worker.url}={worker.kv_replay.replace('*', worker.host)}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def kv_router(start_router: Callable[..., Router], workers: list[Worker]) -> Router:
+    return start_router(*kv_aware_args(workers, replay=False))
 
 
 def test_kv_aware_follows_the_worker_that_holds_the_prefix_after_an_eviction(
@@ -102,6 +109,7 @@ def test_workers_describe_their_kv_event_publisher_for_the_router(workers: list[
         assert sources == {
             "0": {
                 "endpoint": worker.kv_events,
+                "replay_endpoint": worker.kv_replay,
                 "topic": "",
                 "publisher": "zmq",
                 "enable_kv_cache_events": True,
@@ -132,3 +140,35 @@ def test_text_prompts_are_rendered_to_token_ids_and_routed_to_their_holder(
     assert kv_router.kv_counters().get(
         "vllm_router_kv_routing_inputs_total{'result': 'render', 'transport': 'http'}"
     )
+
+
+@pytest.mark.parametrize("replay", [True, False], ids=["replay", "no-replay"])
+def test_a_router_started_late_learns_earlier_blocks_by_replay(
+    workers: list[Worker], start_router: Callable[..., Router], replay: bool
+) -> None:
+    """A router that starts (or restarts) after a worker cached a prompt sees the next live event's
+    sequence number jump, asks the worker's replay socket for what it missed, and routes the prompt to
+    its holder. Without replay sources it cannot know: its lookup misses."""
+    holder = workers[1]  # not the worker a tie picks
+    base = 31 if replay else 37  # a prompt no other test sends, different for each run
+    prompt = [base + (i % 89) for i in range(8 * BLOCK_SIZE)]
+    send(holder.url, prompt)
+    replays_before = holder.log_path.read_text().count("replayed")
+    router = start_router(*kv_aware_args(workers, replay=replay))
+    send(holder.url, [400 + (i % 60) for i in range(2 * BLOCK_SIZE)])  # a live event, seen out of sequence
+    if replay:
+        wait_until(
+            lambda: holder.log_path.read_text().count("replayed") > replays_before,
+            "the holder to replay its KV events to the new router",
+            timeout=30,
+        )
+        assert_served_by(workers, router, prompt, 1)
+    else:
+        send(router.url, prompt)
+    lookups = {
+        key: value
+        for key, value in router.kv_counters().items()
+        if key.startswith("vllm_router_kv_placement")
+    }
+    outcome = "hit" if replay else "miss"
+    assert lookups == {f"vllm_router_kv_placement_lookups_total{{'result': '{outcome}'}}": 1}, lookups

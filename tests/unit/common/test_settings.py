@@ -125,3 +125,19 @@ def test_the_worker_flags_are_the_declared_ones():
     declared = {s.flag for s in settings.SETTINGS if s.flag}
     assert declared <= flags, declared - flags
     assert all(re.fullmatch(r"--[a-z][a-z-]*", flag) for flag in declared)
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        (
+            {"kv_events_endpoint": "tcp://*:5557", "prefix_caching": False},
+            "kv_events_endpoint needs prefix_caching",
+        ),
+        ({"kv_events_replay_endpoint": "tcp://*:5558"}, "kv_events_replay_endpoint needs kv_events_endpoint"),
+    ],
+)
+def test_engine_config_refuses_kv_event_settings_that_need_another(fields, problem):
+    with pytest.raises(ValueError, match=problem):
+        EngineConfig(**fields)
+    EngineConfig(kv_events_endpoint="tcp://*:5557", kv_events_replay_endpoint="tcp://*:5558")

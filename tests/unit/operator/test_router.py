@@ -11,6 +11,7 @@ import pytest
 
 from mili.operator.rendering import (
     KV_EVENTS_PORT,
+    KV_REPLAY_PORT,
     render_deployment,
     render_network_policy,
     render_service,
@@ -210,13 +211,15 @@ def pod(ip: str, deployment: str = "chat", ready: str = "True", **metadata) -> d
 def test_kv_aware_workers_publish_kv_events_on_a_named_port_and_others_do_not():
     kv_aware = parse_spec("chat", {"router": {"policy": "kv_aware"}})
     assert flag_values(worker_args(kv_aware), "--kv-events-endpoint") == [f"tcp://*:{KV_EVENTS_PORT}"]
+    assert flag_values(worker_args(kv_aware), "--kv-events-replay-endpoint") == [f"tcp://*:{KV_REPLAY_PORT}"]
     (container,) = render_deployment(kv_aware, "ns", 1, "w:1")["spec"]["template"]["spec"]["containers"]
     assert {"name": "kv-events", "containerPort": KV_EVENTS_PORT, "protocol": "TCP"} in container["ports"]
+    assert {"name": "kv-replay", "containerPort": KV_REPLAY_PORT, "protocol": "TCP"} in container["ports"]
     for spec in (
         parse_spec("chat", {}),
         parse_spec("chat", {"router": {"enabled": False, "policy": "kv_aware"}}),
     ):
-        assert "--kv-events-endpoint" not in worker_args(spec)
+        assert not {"--kv-events-endpoint", "--kv-events-replay-endpoint"} & set(worker_args(spec))
 
 
 def test_a_kv_aware_router_subscribes_to_every_ready_worker_it_is_told():
@@ -228,6 +231,11 @@ def test_a_kv_aware_router_subscribes_to_every_ready_worker_it_is_told():
     assert sources == [
         f"http://10.0.0.7:8000=tcp://10.0.0.7:{KV_EVENTS_PORT}",
         f"http://10.0.0.9:8000=tcp://10.0.0.9:{KV_EVENTS_PORT}",
+    ]
+    replays = [args[i + 1] for i, arg in enumerate(args) if arg == "--kv-event-replay-source"]
+    assert replays == [
+        f"http://10.0.0.7:8000=tcp://10.0.0.7:{KV_REPLAY_PORT}",
+        f"http://10.0.0.9:8000=tcp://10.0.0.9:{KV_REPLAY_PORT}",
     ]
     assert flag_values(args, "--kv-event-block-size") == [str(spec.engine.block_size)]
     assert flag_values(args, "--kv-event-model") == ["qwen"]  # the name the workers serve and clients send
@@ -253,6 +261,7 @@ def test_the_network_policy_lets_only_the_router_reach_the_kv_event_publishers()
     router_pod_labels = render_router_deployment(spec, "ns", IMAGE)["spec"]["template"]["metadata"]["labels"]
     rules = render_network_policy(spec, "ns", "mili-system")["spec"]["ingress"]
     (kv_rule,) = [rule for rule in rules if {"protocol": "TCP", "port": "kv-events"} in rule["ports"]]
+    assert {"protocol": "TCP", "port": "kv-replay"} in kv_rule["ports"]
     (peer,) = kv_rule["from"]
     assert peer["podSelector"]["matchLabels"].items() <= router_pod_labels.items()
     default_rules = render_network_policy(parse_spec("chat", {}), "ns", "mili-system")["spec"]["ingress"]

@@ -8,7 +8,7 @@ import zmq
 
 from mili.worker.engine.block_manager import BlockManager
 from mili.worker.engine.sequence import Sequence
-from mili.worker.kv_events import KvEventPublisher, all_blocks_cleared, block_hash
+from mili.worker.kv_events import END_OF_REPLAY, KvEventPublisher, all_blocks_cleared, block_hash
 from mili.worker.sampling_params import SamplingParams
 from mili_testing import free_port, wait_until
 
@@ -98,3 +98,59 @@ def test_a_step_that_changes_nothing_sends_nothing(wired) -> None:
     _, publisher, subscriber = wired
     publisher.flush()
     assert subscriber.poll(200) == 0
+
+
+def replay_from(endpoint: str, start: int | bytes) -> list[list[bytes]]:
+    """What a DEALER asking ``endpoint`` to replay from ``start`` gets back, up to the end marker."""
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    request = start if isinstance(start, bytes) else start.to_bytes(8, "big")
+    dealer.send_multipart([b"", request])
+    replies = []
+    try:
+        while True:
+            assert dealer.poll(5000), "the replay socket did not answer"
+            replies.append(dealer.recv_multipart())
+            if replies[-1][2] == END_OF_REPLAY:
+                return replies
+    finally:
+        dealer.close()
+
+
+def test_replay_resends_the_kept_batches_from_the_asked_sequence_then_an_end_marker(monkeypatch) -> None:
+    monkeypatch.setattr("mili.worker.kv_events.REPLAY_BATCHES", 3)
+    replay = f"tcp://127.0.0.1:{free_port()}"
+    publisher = KvEventPublisher(
+        f"tcp://127.0.0.1:{free_port()}", BLOCK_SIZE, topic="kv", replay_endpoint=replay
+    )
+    try:
+        assert replay_from(replay, 0) == [[b"", b"", END_OF_REPLAY, b""]], "nothing published yet"
+        for _ in range(5):  # batches 0..4: the AllBlocksCleared a new publisher starts with, then four more
+            publisher._pending.append(all_blocks_cleared())
+            publisher.flush()
+        replies = replay_from(replay, 0)  # 0 and 1 have left the 3-batch buffer
+        assert [int.from_bytes(reply[2], "big") for reply in replies[:-1]] == [2, 3, 4]
+        assert all(reply[:2] == [b"", b"kv"] for reply in replies[:-1])
+        assert msgpack.unpackb(replies[0][3])[1] == [all_blocks_cleared()]
+        assert [int.from_bytes(reply[2], "big") for reply in replay_from(replay, 4)[:-1]] == [4]
+        assert replay_from(replay, 9) == [[b"", b"", END_OF_REPLAY, b""]]
+    finally:
+        publisher.close()
+
+
+def test_a_malformed_replay_request_is_ignored_and_the_next_one_answered() -> None:
+    replay = f"tcp://127.0.0.1:{free_port()}"
+    publisher = KvEventPublisher(f"tcp://127.0.0.1:{free_port()}", BLOCK_SIZE, replay_endpoint=replay)
+    try:
+        publisher.flush()
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(replay)
+        dealer.send_multipart([b"", b"short"])
+        assert dealer.poll(300) == 0, "a malformed request gets no answer"
+        dealer.close()
+        replies = replay_from(replay, 0)
+        assert [int.from_bytes(reply[2], "big") for reply in replies[:-1]] == [0]
+    finally:
+        publisher.close()
