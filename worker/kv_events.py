@@ -149,6 +149,8 @@ class _ReplayServer:
         self._stop = threading.Event()
         self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        # A ROUTER drops what passes its high-water mark (1000 by default): room for one whole replay.
+        self._socket.setsockopt(zmq.SNDHWM, REPLAY_BATCHES + 1)
         self._socket.bind(endpoint)  # here, so a bad address fails the worker's start-up
         self._thread = threading.Thread(target=self._serve, name="kv-event-replay", daemon=True)
         self._thread.start()

@@ -141,3 +141,9 @@ def test_engine_config_refuses_kv_event_settings_that_need_another(fields, probl
     with pytest.raises(ValueError, match=problem):
         EngineConfig(**fields)
     EngineConfig(kv_events_endpoint="tcp://*:5557", kv_events_replay_endpoint="tcp://*:5558")
+
+
+def test_every_serve_flag_is_in_the_servers_flag_table():
+    table = (ROOT / "docs" / "server.md").read_text().split("## Flags", 1)[1].split("\n## ", 1)[0]
+    flags = [s.flag for s in settings.SETTINGS if s.flag is not None]
+    assert [flag for flag in flags if f"`{flag}" not in table] == []

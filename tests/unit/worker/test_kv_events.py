@@ -154,3 +154,16 @@ def test_a_malformed_replay_request_is_ignored_and_the_next_one_answered() -> No
         assert [int.from_bytes(reply[2], "big") for reply in replies[:-1]] == [0]
     finally:
         publisher.close()
+
+
+def test_a_replay_longer_than_zmqs_default_high_water_mark_arrives_whole() -> None:
+    replay = f"tcp://127.0.0.1:{free_port()}"
+    publisher = KvEventPublisher(f"tcp://127.0.0.1:{free_port()}", BLOCK_SIZE, replay_endpoint=replay)
+    try:
+        for _ in range(5000):  # five times ZMQ's default send high-water mark (1000 messages)
+            publisher._pending.append(all_blocks_cleared())
+            publisher.flush()
+        replies = replay_from(replay, 0)
+        assert [int.from_bytes(reply[2], "big") for reply in replies[:-1]] == list(range(5000))
+    finally:
+        publisher.close()
