@@ -108,7 +108,7 @@ def kv_replay_address(host: str) -> str:
 
 def worker_args(spec: MiliDeploymentSpec) -> list[str]:
     """Arguments of `mili serve`: one flag per declared setting the spec holds (mili.common.settings),
-    and the KV-event publisher when the router's policy is kv_aware."""
+    and the KV-event publisher and its replay socket when the router's policy is kv_aware."""
     args = ["serve", "--host", "0.0.0.0", "--port", str(WORKER_PORT)]
     for setting in settings.worker_settings():
         section = spec.model if setting.crd_section == "model" else spec.engine

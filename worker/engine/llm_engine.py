@@ -74,7 +74,7 @@ class LLMEngine:
 
     def _kv_event_publisher(self) -> KvEventPublisher | None:
         endpoint = self.config.kv_events_endpoint
-        if endpoint is None or self.block_manager.prefix_cache is None:  # EngineConfig: both or neither
+        if endpoint is None or self.block_manager.prefix_cache is None:  # EngineConfig refuses the latter
             return None
         publisher = KvEventPublisher(
             endpoint, self.config.block_size, replay_endpoint=self.config.kv_events_replay_endpoint

@@ -149,7 +149,7 @@ def test_a_router_started_late_learns_earlier_blocks_by_replay(
     """A router that starts (or restarts) after a worker cached a prompt sees the next live event's
     sequence number jump, asks the worker's replay socket for what it missed, and routes the prompt to
     its holder. Without replay sources it cannot know: its lookup misses."""
-    holder = workers[1]  # not the worker a tie picks
+    holder = workers[1]
     base = 31 if replay else 37  # a prompt no other test sends, different for each run
     prompt = [base + (i % 89) for i in range(8 * BLOCK_SIZE)]
     send(holder.url, prompt)
