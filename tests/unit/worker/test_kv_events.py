@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import msgpack
 import pytest
 import zmq
@@ -100,13 +103,29 @@ def test_a_step_that_changes_nothing_sends_nothing(wired) -> None:
     assert subscriber.poll(200) == 0
 
 
-def replay_from(endpoint: str, start: int | bytes) -> list[list[bytes]]:
+@contextmanager
+def replaying_publisher(topic: str = "") -> Iterator[tuple[KvEventPublisher, str]]:
+    """A publisher with a replay socket, and that socket's address; closed afterwards."""
+    replay = f"tcp://127.0.0.1:{free_port()}"
+    publisher = KvEventPublisher(f"tcp://127.0.0.1:{free_port()}", BLOCK_SIZE, topic, replay_endpoint=replay)
+    try:
+        yield publisher, replay
+    finally:
+        publisher.close()
+
+
+def publish_batches(publisher: KvEventPublisher, count: int) -> None:
+    for _ in range(count):
+        publisher._pending.append(all_blocks_cleared())
+        publisher.flush()
+
+
+def replay_from(endpoint: str, start: int) -> list[list[bytes]]:
     """What a DEALER asking ``endpoint`` to replay from ``start`` gets back, up to the end marker."""
     dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(endpoint)
-    request = start if isinstance(start, bytes) else start.to_bytes(8, "big")
-    dealer.send_multipart([b"", request])
+    dealer.send_multipart([b"", start.to_bytes(8, "big")])
     replies = []
     try:
         while True:
@@ -118,31 +137,26 @@ def replay_from(endpoint: str, start: int | bytes) -> list[list[bytes]]:
         dealer.close()
 
 
+def sequences(replies: list[list[bytes]]) -> list[int]:
+    """The sequence numbers of the replayed batches (the end marker left out)."""
+    return [int.from_bytes(reply[2], "big") for reply in replies[:-1]]
+
+
 def test_replay_resends_the_kept_batches_from_the_asked_sequence_then_an_end_marker(monkeypatch) -> None:
     monkeypatch.setattr("mili.worker.kv_events.REPLAY_BATCHES", 3)
-    replay = f"tcp://127.0.0.1:{free_port()}"
-    publisher = KvEventPublisher(
-        f"tcp://127.0.0.1:{free_port()}", BLOCK_SIZE, topic="kv", replay_endpoint=replay
-    )
-    try:
+    with replaying_publisher(topic="kv") as (publisher, replay):
         assert replay_from(replay, 0) == [[b"", b"", END_OF_REPLAY, b""]], "nothing published yet"
-        for _ in range(5):  # batches 0..4: the AllBlocksCleared a new publisher starts with, then four more
-            publisher._pending.append(all_blocks_cleared())
-            publisher.flush()
+        publish_batches(publisher, 5)  # 0..4: the AllBlocksCleared a new publisher starts with, then 4 more
         replies = replay_from(replay, 0)  # 0 and 1 have left the 3-batch buffer
-        assert [int.from_bytes(reply[2], "big") for reply in replies[:-1]] == [2, 3, 4]
+        assert sequences(replies) == [2, 3, 4]
         assert all(reply[:2] == [b"", b"kv"] for reply in replies[:-1])
         assert msgpack.unpackb(replies[0][3])[1] == [all_blocks_cleared()]
-        assert [int.from_bytes(reply[2], "big") for reply in replay_from(replay, 4)[:-1]] == [4]
+        assert sequences(replay_from(replay, 4)) == [4]
         assert replay_from(replay, 9) == [[b"", b"", END_OF_REPLAY, b""]]
-    finally:
-        publisher.close()
 
 
 def test_a_malformed_replay_request_is_ignored_and_the_next_one_answered() -> None:
-    replay = f"tcp://127.0.0.1:{free_port()}"
-    publisher = KvEventPublisher(f"tcp://127.0.0.1:{free_port()}", BLOCK_SIZE, replay_endpoint=replay)
-    try:
+    with replaying_publisher() as (publisher, replay):
         publisher.flush()
         dealer = zmq.Context.instance().socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -150,20 +164,10 @@ def test_a_malformed_replay_request_is_ignored_and_the_next_one_answered() -> No
         dealer.send_multipart([b"", b"short"])
         assert dealer.poll(300) == 0, "a malformed request gets no answer"
         dealer.close()
-        replies = replay_from(replay, 0)
-        assert [int.from_bytes(reply[2], "big") for reply in replies[:-1]] == [0]
-    finally:
-        publisher.close()
+        assert sequences(replay_from(replay, 0)) == [0]
 
 
 def test_a_replay_longer_than_zmqs_default_high_water_mark_arrives_whole() -> None:
-    replay = f"tcp://127.0.0.1:{free_port()}"
-    publisher = KvEventPublisher(f"tcp://127.0.0.1:{free_port()}", BLOCK_SIZE, replay_endpoint=replay)
-    try:
-        for _ in range(5000):  # five times ZMQ's default send high-water mark (1000 messages)
-            publisher._pending.append(all_blocks_cleared())
-            publisher.flush()
-        replies = replay_from(replay, 0)
-        assert [int.from_bytes(reply[2], "big") for reply in replies[:-1]] == list(range(5000))
-    finally:
-        publisher.close()
+    with replaying_publisher() as (publisher, replay):
+        publish_batches(publisher, 5000)  # five times ZMQ's default send high-water mark (1000 messages)
+        assert sequences(replay_from(replay, 0)) == list(range(5000))
